@@ -1,1 +1,307 @@
+//! knit-ipam: IP pools with per-node blocks, fixed IPs and an embedded store.
+//!
+//! # Layers
+//!
+//! * [`config`]: the plugin's `ipam` object (serde, then validation with field-naming errors).
+//! * [`state`]: the allocation core, pure and in memory: pools → blocks → allocations, with
+//!   per-block free bitmaps and hash indexes; no I/O.
+//! * [`store`]: persistence behind the [`Store`] trait, at the granularity of one **block
+//!   record** per call (claim a block = create its record; claim or release an IP = a
+//!   compare-and-swap of its block's record). [`LocalStore`] implements it with files under one
+//!   `flock`; an etcd store implements the same calls as etcd transactions; [`MemStore`] is an
+//!   optimistic in-memory model of the latter.
+//! * [`Ipam`]: runs one operation as a transaction: take the store's exclusive section, load the
+//!   pools' block records into a [`State`], run the core, write back the changed block records
+//!   with the versions they were read at. On a compare-and-swap conflict it reloads and re-runs
+//!   the (idempotent) operation, a bounded number of times, then reports code 11.
+//!
+//! # Behaviour
+//!
+//! * Allocations are keyed by (containerID, ifname): a second allocate returns the same
+//!   addresses; release is idempotent; [`Ipam::gc`] releases this node's attachments that are not
+//!   in the valid set.
+//! * One address per address family of the configured pools (dual stack with a v4 and a v6 pool);
+//!   several pools of one family are tried in config order (later ones when earlier are full).
+//! * Affinity pools (`blocks: true`, the default): a node claims whole blocks (lowest free block
+//!   first) and allocates the lowest free address of its blocks; with no free block left it
+//!   borrows from another node's block (`borrow`, default true), recording itself as the
+//!   allocating node ([`Ipam::borrowed_of`] lists those for /32 routes). [`Ipam::blocks_of`]
+//!   lists a node's blocks for its blackhole routes. Blocks stay claimed when they empty.
+//! * Shared pools (`blocks: false`): no affinity; every node allocates the lowest free address
+//!   of the pool. Records are still kept per `blockSize` stripe (owner-less, deleted when empty).
+//! * Requested IPs are honoured if they are in a pool, allocatable and free; in an affinity pool
+//!   the IP's block must be this node's or unclaimed (it is then claimed).
+//! * Fixed IPs (`fixedIPs: true`): an allocation with a pod identity records it; on release the
+//!   address stays reserved for (namespace, name, ifname) and the next allocate of that identity
+//!   (any container ID, any node) gets it back. [`Ipam::release_fixed`] frees it, and so does
+//!   [`Ipam::gc`] with [`GcMode::All`].
 
+pub mod addr;
+pub mod args;
+pub mod config;
+pub mod error;
+pub mod result;
+pub mod show;
+pub mod state;
+pub mod store;
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+pub use config::{IpamConfig, PoolConfig, Route, StoreKind};
+pub use error::{Error, Result};
+pub use result::{IpConfig, IpamResult};
+pub use show::Summary;
+pub use state::{AllocRequest, Attachment, Change, GcMode, GcReport, Grant, PodRef, State};
+pub use store::local::LocalStore;
+pub use store::mem::MemStore;
+pub use store::Store;
+
+/// How many times an operation is re-run after store conflicts before giving up (code 11).
+const MAX_ATTEMPTS: u32 = 24;
+
+/// Which pools an operation loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    /// The pools of the config, in config order (allocation).
+    Config,
+    /// Every pool of the store, as stored (release, gc, inspection).
+    Stored,
+}
+
+/// knit-ipam over a store. See the crate doc.
+#[derive(Debug)]
+pub struct Ipam<S: Store = LocalStore> {
+    cfg: IpamConfig,
+    store: S,
+}
+
+impl Ipam<LocalStore> {
+    /// Open the store the config names (`store: local`).
+    pub fn open(cfg: IpamConfig) -> Result<Self> {
+        match &cfg.store {
+            StoreKind::Local => {
+                let store = LocalStore::with_options(&cfg.data_dir, Duration::from_millis(cfg.lock_timeout_ms), cfg.fsync)?;
+                Ok(Ipam { cfg, store })
+            }
+            StoreKind::Etcd { .. } => Err(Error::config("store", "\"etcd\" is not implemented yet; use \"local\"")),
+        }
+    }
+}
+
+fn jitter_sleep(attempt: u32) {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let base = 50u64 << attempt.min(6);
+    let jitter = u64::from(nanos % 1000) * base / 1000;
+    std::thread::sleep(Duration::from_micros(base + jitter));
+}
+
+impl<S: Store> Ipam<S> {
+    /// knit-ipam over any store.
+    pub fn with_store(cfg: IpamConfig, store: S) -> Self {
+        Ipam { cfg, store }
+    }
+
+    pub fn config(&self) -> &IpamConfig {
+        &self.cfg
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.cfg.node
+    }
+
+    fn load(&self, scope: Scope) -> Result<State> {
+        let mut st = State::default();
+        match scope {
+            Scope::Config => {
+                for cfg in &self.cfg.pools {
+                    let p = st.add_pool(cfg.clone());
+                    for b in self.store.list_blocks(&cfg.name)? {
+                        st.add_block(p, b.value, Some(b.version))?;
+                    }
+                    // The stored pool record follows the config once its blocks fit it.
+                    if self.store.get_pool(&cfg.name)?.as_ref() != Some(&cfg.raw) {
+                        self.store.put_pool(&cfg.raw)?;
+                    }
+                }
+            }
+            Scope::Stored => {
+                for name in self.store.list_pools()? {
+                    let Some(raw) = self.store.get_pool(&name)? else { continue };
+                    let cfg = PoolConfig::from_raw(raw, &format!("stored pool {name}"))?;
+                    let p = st.add_pool(cfg);
+                    for b in self.store.list_blocks(&name)? {
+                        st.add_block(p, b.value, Some(b.version))?;
+                    }
+                }
+            }
+        }
+        Ok(st)
+    }
+
+    fn commit(&self, st: &mut State) -> Result<()> {
+        for change in st.take_changes() {
+            match change {
+                Change::Put { pool, record, expect } => {
+                    let v = self.store.put_block(&pool, &record, expect)?;
+                    st.set_version(&pool, &record.cidr, v);
+                }
+                Change::Delete { pool, cidr, expect } => self.store.delete_block(&pool, &cidr, expect)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Run `f` on a freshly loaded state and commit what it changed; re-run on conflicts.
+    fn transact<R>(&self, scope: Scope, mut f: impl FnMut(&mut State) -> Result<R>) -> Result<R> {
+        self.store.exclusive(|| {
+            let mut last = String::new();
+            for attempt in 0..MAX_ATTEMPTS {
+                let mut st = self.load(scope)?;
+                let r = f(&mut st)?;
+                match self.commit(&mut st) {
+                    Ok(()) => return Ok(r),
+                    Err(Error::Conflict(what)) => {
+                        last = what;
+                        jitter_sleep(attempt);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(Error::Busy(format!("{MAX_ATTEMPTS} conflicting attempts, last: {last}")))
+        })
+    }
+
+    fn result(&self, grants: &[Grant]) -> IpamResult {
+        let mut out = IpamResult::default();
+        for g in grants {
+            let Some(cfg) = self.cfg.pools.get(g.pool) else { continue };
+            let address = IpNet::new(g.ip, cfg.cidr.prefix_len()).unwrap_or_else(|_| IpNet::from(g.ip));
+            out.ips.push(IpConfig { pool: cfg.name.clone(), address, gateway: cfg.gateway });
+            for r in &cfg.routes {
+                if !out.routes.contains(r) {
+                    out.routes.push(r.clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// Allocate (or return the existing) addresses of an attachment on this node.
+    pub fn allocate(&self, req: &AllocRequest) -> Result<IpamResult> {
+        if req.container_id.is_empty() {
+            return Err(Error::Args("container ID is empty".into()));
+        }
+        if req.ifname.is_empty() {
+            return Err(Error::Args("interface name is empty".into()));
+        }
+        let node = self.cfg.node.clone();
+        let grants = self.transact(Scope::Config, |st| st.allocate(&node, req, None))?;
+        Ok(self.result(&grants))
+    }
+
+    /// What an attachment holds now (for CHECK), if anything.
+    pub fn lookup(&self, container_id: &str, ifname: &str) -> Result<Option<IpamResult>> {
+        let st = self.store.exclusive(|| self.load(Scope::Config))?;
+        let grants = st.lookup(container_id, ifname);
+        Ok((!grants.is_empty()).then(|| self.result(&grants)))
+    }
+
+    /// Release an attachment's addresses (idempotent). Returns what was released.
+    pub fn release(&self, container_id: &str, ifname: &str) -> Result<Vec<IpAddr>> {
+        self.transact(Scope::Stored, |st| Ok(st.release(container_id, ifname)))
+    }
+
+    /// Free the fixed IPs of a pod identity. Returns the addresses freed now.
+    pub fn release_fixed(&self, pod: &PodRef) -> Result<Vec<IpAddr>> {
+        self.transact(Scope::Stored, |st| Ok(st.release_fixed(pod)))
+    }
+
+    /// Release every attachment of this node that is not in `valid` (see [`GcMode`]).
+    pub fn gc(&self, valid: &[Attachment], mode: GcMode) -> Result<GcReport> {
+        let valid: HashSet<Attachment> = valid.iter().cloned().collect();
+        let node = self.cfg.node.clone();
+        self.transact(Scope::Stored, |st| Ok(st.gc(&node, &valid, mode)))
+    }
+
+    /// The blocks `node` has affinity to (for its blackhole routes and announcements).
+    pub fn blocks_of(&self, node: &str) -> Result<Vec<IpNet>> {
+        let st = self.store.exclusive(|| self.load(Scope::Stored))?;
+        Ok(st.blocks_of(node))
+    }
+
+    /// Addresses `node` borrowed from other nodes' blocks.
+    pub fn borrowed_of(&self, node: &str) -> Result<Vec<IpAddr>> {
+        let st = self.store.exclusive(|| self.load(Scope::Stored))?;
+        Ok(st.borrowed_of(node))
+    }
+
+    /// Pools, blocks per node, used and free counts.
+    pub fn show(&self) -> Result<Summary> {
+        let st = self.store.exclusive(|| self.load(Scope::Stored))?;
+        Ok(Summary::from_state(&st))
+    }
+
+    /// Ok if the store is usable now; otherwise an error with code 50.
+    pub fn status(&self) -> Result<()> {
+        self.store.check().map_err(|e| match e {
+            Error::NotAvailable(_) => e,
+            other => Error::NotAvailable(other.to_string()),
+        })
+    }
+
+    /// The whole stored state (under the store's exclusive section), for inspection and tests.
+    pub fn snapshot(&self) -> Result<State> {
+        self.store.exclusive(|| self.load(Scope::Stored))
+    }
+}
+
+fn stored_ipam(data_dir: &Path) -> Result<Ipam<LocalStore>> {
+    let store = LocalStore::open_existing(data_dir);
+    let cfg = IpamConfig {
+        node: String::new(),
+        data_dir: data_dir.to_path_buf(),
+        store: StoreKind::Local,
+        lock_timeout_ms: config::DEFAULT_LOCK_TIMEOUT_MS,
+        fsync: false,
+        pools: Vec::new(),
+    };
+    Ok(Ipam::with_store(cfg, store))
+}
+
+/// `knit ipam show`: the summary of a local store.
+pub fn show(data_dir: &Path) -> Result<Summary> {
+    if !data_dir.is_dir() {
+        return Ok(Summary::default());
+    }
+    stored_ipam(data_dir)?.show()
+}
+
+/// The blocks `node` owns in a local store.
+pub fn blocks_of(data_dir: &Path, node: &str) -> Result<Vec<IpNet>> {
+    if !data_dir.is_dir() {
+        return Ok(Vec::new());
+    }
+    stored_ipam(data_dir)?.blocks_of(node)
+}
+
+/// Ok if a local store in `data_dir` is usable (writable, lock obtainable), else code 50.
+pub fn status(data_dir: &Path) -> Result<()> {
+    let store = LocalStore::open_existing(data_dir);
+    store.check().map_err(|e| match e {
+        Error::NotAvailable(_) => e,
+        other => Error::NotAvailable(other.to_string()),
+    })
+}

@@ -1,1 +1,36 @@
-fn main() {}
+//! `knit`: the command-line tool. Each subcommand lives in its own module; this file only
+//! parses arguments and maps failures to exit codes.
+
+mod cni_cmd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "knit", version, about = "Multi-CNI pod networking: runtime, IPAM, node agent")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a CNI conflist against a network namespace, as containerd does.
+    Cni(cni_cmd::CniCmd),
+}
+
+fn init_logging() {
+    // Logs go to stderr only: stdout carries results and CNI errors as JSON.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KNIT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+fn main() -> ExitCode {
+    init_logging();
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Cni(c) => cni_cmd::run(c),
+    }
+}

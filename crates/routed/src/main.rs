@@ -1,1 +1,5 @@
-fn main() {}
+//! The knit-routed CNI plugin binary.
+
+fn main() {
+    knit_cni::skel::run(&knit_routed::apply::Routed, "knit-routed: Calico-style routed veth pods");
+}

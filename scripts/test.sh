@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The test suite: builds every binary (integration tests execute the plugins and the CLI as
+# real processes), then runs all tests with nextest. Needs root: tests make network namespaces.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --workspace --bins --quiet
+cargo nextest run --workspace --no-fail-fast "$@"
