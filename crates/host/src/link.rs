@@ -110,7 +110,8 @@ pub struct VethOptions {
     pub mac: Option<Mac>,
     /// MAC of the peer end.
     pub peer_mac: Option<Mac>,
-    /// Bring both ends up as part of the creation (saves two round trips).
+    /// Bring both ends up: the local end within the create request, the peer
+    /// right after (through a socket in its namespace when it lives elsewhere).
     pub up: bool,
 }
 
@@ -314,20 +315,22 @@ pub fn create_veth(
     let created = get_by_name(h, name)?
         .ok_or_else(|| Error::NotFound { what: format!("link {name} right after creating it") })?;
     if opts.up {
-        let peer_index = created
-            .link
-            .ok_or_else(|| Error::NotFound { what: format!("peer of veth {name}") })?;
-        // The peer may be in another namespace: address it by the nsid our
-        // namespace has for it (IFLA_TARGET_NETNSID), so no extra thread or
-        // socket in that namespace is needed.
-        let mut up = LinkMessage::default();
-        up.header.index = peer_index;
-        up.header.flags = LinkFlags::Up;
-        up.header.change_mask = LinkFlags::Up;
-        if let Some(nsid) = created.link_netnsid {
-            up.attributes.push(LinkAttribute::IfNetnsId(nsid));
+        // Setting the peer up needs a socket in the peer's namespace: an
+        // RTM_NEWLINK carrying IFLA_TARGET_NETNSID would *move* our own
+        // device with that index there instead.
+        match peer_ns {
+            None => {
+                let peer_index = created
+                    .link
+                    .ok_or_else(|| Error::NotFound { what: format!("peer of veth {name}") })?;
+                set_up(h, peer_index)?;
+            }
+            Some(ns) => {
+                let hp = Handle::in_netns(ns)?;
+                let peer = require(&hp, peer_name)?;
+                set_up(&hp, peer.index)?;
+            }
         }
-        set_link(h, up, || format!("set veth peer {peer_name}{where_} up"))?;
     }
     Ok(created.index)
 }

@@ -30,9 +30,14 @@ fn ping_calico_style_routed_pod() {
     let (hi, pi) = tn.link(tn.host(), "cali1", &pod, "eth0").unwrap();
     let h = tn.handle().unwrap();
     let hp = tn.handle_in(&pod).unwrap();
-    // The "node" needs an address of its own to answer from.
-    let lo = link::index_of(&h, "lo").unwrap();
-    addr::add(&h, &Address::new(lo, "172.16.1.2/32".parse().unwrap())).unwrap();
+    // The node: an uplink with its own address and a default route. proxy_arp
+    // answers for 169.254.1.1 because the node routes it out of another device,
+    // and only when forwarding is on.
+    let up = link::create_veth(&h, "uplink", "uplinkp", None, &link::VethOptions { up: true, ..Default::default() })
+        .unwrap();
+    addr::add(&h, &Address::new(up, "172.16.1.2/16".parse().unwrap())).unwrap();
+    route::add(&h, &Route::default_via("172.16.0.1".parse().unwrap(), Some(up))).unwrap();
+    knit_host::sysctl::set_in(tn.host(), "net.ipv4.ip_forward", "1").unwrap();
     knit_host::sysctl::set_in(tn.host(), "net.ipv4.conf.cali1.proxy_arp", "1").unwrap();
     addr::add(&hp, &Address::new(pi, "10.233.64.5/32".parse().unwrap())).unwrap();
     route::add(&hp, &Route::dev("169.254.1.1/32".parse().unwrap(), pi)).unwrap();

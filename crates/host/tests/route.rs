@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use knit_host::addr::{self, Address, FLAG_NODAD};
 use knit_host::link::{self, VethOptions};
-use knit_host::route::{self, proto, table, Route, RouteKind};
+use knit_host::route::{self, proto, table, Route, RouteKind, RouteQuery};
 use knit_host::testing::TestNet;
 use knit_host::{Family, Handle, IpNet, Scope};
 
@@ -141,12 +141,38 @@ fn table_500_onlink_blackhole() {
 
 #[test]
 fn route_model_serde_roundtrip() {
-    let r = Route::via(net("10.233.0.0/18"), ip("172.16.1.2"), Some(3)).onlink().table(500).metric(10);
-    let s = serde_json_like(&r);
-    assert!(s.contains("10.233.0.0/18"));
+    let routes = vec![
+        Route::via(net("10.233.0.0/18"), ip("172.16.1.2"), Some(3)).onlink().table(500).metric(10),
+        Route::blackhole(net("10.233.64.0/26")).protocol(proto::BIRD),
+        Route::dev(net("fd00::5/128"), 7).src(ip("fd00::1")),
+    ];
+    let json = serde_json::to_string(&routes).unwrap();
+    let back: Vec<Route> = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, routes);
+    assert!(json.contains("\"blackhole\""), "{json}");
 }
 
-// Debug-format check without pulling serde_json into this crate's dev-dependencies.
-fn serde_json_like(r: &Route) -> String {
-    format!("{r} {r:?}")
+#[test]
+fn kernel_lookup_matches_ip_route_get() {
+    let tn = TestNet::new("kh").unwrap();
+    let (h, idx) = setup(&tn);
+    route::add(&h, &Route::via(net("192.168.7.0/24"), ip("10.0.0.254"), Some(idx)).table(500)).unwrap();
+    let rule = knit_host::rule::Rule::new(Family::V4, 500).priority(1000).fwmark(0x1, None);
+    knit_host::rule::add(&h, &rule).unwrap();
+
+    // Without the mark: no route (no default in main).
+    let err = route::get(&h, &RouteQuery::to(ip("192.168.7.9"))).unwrap_err();
+    assert_eq!(err.errno(), Some(libc::ENETUNREACH), "{err}");
+    // With the mark, the fwmark rule sends the lookup to table 500.
+    let got = route::get(&h, &RouteQuery { mark: Some(0x1), ..RouteQuery::to(ip("192.168.7.9")) }).unwrap();
+    assert_eq!(got.table, 500);
+    assert_eq!(got.gateway, Some(ip("10.0.0.254")));
+    assert_eq!(got.oif, Some(idx));
+    assert_eq!(got.src, Some(ip("10.0.0.1")));
+    // A connected destination.
+    let got = route::get(&h, &RouteQuery::to(ip("10.0.0.7"))).unwrap();
+    assert_eq!((got.table, got.gateway, got.oif), (table::MAIN, None, Some(idx)));
+    // fib-match returns the configured route itself.
+    let got = route::get(&h, &RouteQuery { fib_match: true, ..RouteQuery::to(ip("10.0.0.7")) }).unwrap();
+    assert_eq!(got.dst, net("10.0.0.0/24"));
 }

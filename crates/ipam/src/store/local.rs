@@ -18,11 +18,11 @@
 //!   default), never the whole pool. Nodes sharing a dataDir see each other's blocks under the
 //!   same lock, so they never claim the same block.
 
-use std::cell::Cell;
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
@@ -53,7 +53,7 @@ pub struct LocalStore {
     lock_timeout: Duration,
     fsync: bool,
     /// Set while this handle holds the lock (enables stale temp-file cleanup).
-    locked: Cell<bool>,
+    locked: AtomicBool,
 }
 
 fn block_file_name(cidr: &IpNet) -> String {
@@ -73,7 +73,7 @@ impl LocalStore {
         if !pools.is_dir() {
             fs::create_dir_all(&pools).map_err(|e| Error::io(&pools, e))?;
         }
-        Ok(LocalStore { dir, lock_timeout, fsync, locked: Cell::new(false) })
+        Ok(LocalStore { dir, lock_timeout, fsync, locked: AtomicBool::new(false) })
     }
 
     /// A store that does not create anything (for read-only inspection).
@@ -82,7 +82,7 @@ impl LocalStore {
             dir: dir.into(),
             lock_timeout: Duration::from_millis(DEFAULT_LOCK_TIMEOUT_MS),
             fsync: false,
-            locked: Cell::new(false),
+            locked: AtomicBool::new(false),
         }
     }
 
@@ -163,9 +163,9 @@ impl LocalStore {
 impl Store for LocalStore {
     fn exclusive<R>(&self, f: impl FnOnce() -> Result<R>) -> Result<R> {
         let lock = self.lock(self.lock_timeout)?;
-        self.locked.set(true);
+        self.locked.store(true, Ordering::SeqCst);
         let r = f();
-        self.locked.set(false);
+        self.locked.store(false, Ordering::SeqCst);
         drop(lock); // closing the descriptor releases the flock
         r
     }
@@ -226,7 +226,7 @@ impl Store for LocalStore {
             let name = name.to_string_lossy();
             if name.starts_with('.') {
                 // A temp file seen under the lock belongs to a writer that died: drop it.
-                if self.locked.get() && name.ends_with(".tmp") {
+                if self.locked.load(Ordering::SeqCst) && name.ends_with(".tmp") {
                     let _ = fs::remove_file(ent.path());
                 }
                 continue;

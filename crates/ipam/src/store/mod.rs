@@ -110,3 +110,36 @@ pub trait Store {
     /// Whether the store is usable now (writable, lock obtainable).
     fn check(&self) -> Result<()>;
 }
+
+macro_rules! forward_store {
+    ($($t:ty),*) => {$(
+        impl<T: Store> Store for $t {
+            fn exclusive<R>(&self, f: impl FnOnce() -> Result<R>) -> Result<R> {
+                (**self).exclusive(f)
+            }
+            fn list_pools(&self) -> Result<Vec<String>> {
+                (**self).list_pools()
+            }
+            fn get_pool(&self, pool: &str) -> Result<Option<RawPool>> {
+                (**self).get_pool(pool)
+            }
+            fn put_pool(&self, pool: &RawPool) -> Result<()> {
+                (**self).put_pool(pool)
+            }
+            fn list_blocks(&self, pool: &str) -> Result<Vec<Versioned<BlockRecord>>> {
+                (**self).list_blocks(pool)
+            }
+            fn put_block(&self, pool: &str, block: &BlockRecord, expect: Option<Version>) -> Result<Version> {
+                (**self).put_block(pool, block, expect)
+            }
+            fn delete_block(&self, pool: &str, cidr: &IpNet, expect: Version) -> Result<()> {
+                (**self).delete_block(pool, cidr, expect)
+            }
+            fn check(&self) -> Result<()> {
+                (**self).check()
+            }
+        }
+    )*};
+}
+
+forward_store!(&T, std::sync::Arc<T>);
