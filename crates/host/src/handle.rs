@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NlasIterator, NLM_F_ACK, NLM_F_CAPPED, NLM_F_DUMP, NLM_F_DUMP_INTR,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NlasIterator, NLM_F_ACK, NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_DUMP, NLM_F_DUMP_INTR,
     NLM_F_MULTIPART, NLM_F_REQUEST,
 };
 use netlink_packet_route::RouteNetlinkMessage;
@@ -233,7 +233,6 @@ fn parse_datagram(buf: &[u8], op: &dyn Fn() -> String) -> Result<Vec<NetlinkMess
 /// Extracts the extended-ack text from an error reply's payload (original
 /// header, possibly capped, followed by TLVs when `NLM_F_ACK_TLVS` is set).
 fn ext_ack_message(outer_flags: u16, payload: &[u8]) -> Option<String> {
-    const NLM_F_ACK_TLVS: u16 = 0x200;
     if outer_flags & NLM_F_ACK_TLVS == 0 || payload.len() < 16 {
         return None;
     }

@@ -7,6 +7,8 @@
 //! - [`sysctl`], [`firewall`]: per-namespace knobs and iptables/nftables writers;
 //! - [`guard`], [`testing`]: keep tests out of the root namespace.
 
+#![warn(missing_docs)]
+
 pub mod addr;
 mod error;
 pub mod firewall;

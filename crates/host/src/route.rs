@@ -346,10 +346,14 @@ pub fn del_dst(h: &Handle, dst: IpNet, table: u32) -> Result<()> {
 }
 
 fn parse_route(m: RouteMessage) -> Result<Option<Route>> {
-    let Some(fam) = Family::from_nl(m.header.address_family) else { return Ok(None) };
     if m.header.flags.contains(RouteFlags::Cloned) {
         return Ok(None); // route cache entries, not configuration
     }
+    parse_any_route(m)
+}
+
+fn parse_any_route(m: RouteMessage) -> Result<Option<Route>> {
+    let Some(fam) = Family::from_nl(m.header.address_family) else { return Ok(None) };
     let mut dst_ip = None;
     let mut r = Route::new(fam.any());
     r.table = u32::from(m.header.table);
@@ -389,4 +393,76 @@ pub fn list(h: &Handle, family: Family, table: Option<u32>) -> Result<Vec<Route>
         }
     }
     Ok(out)
+}
+
+/// A route lookup, as `ip route get DST [from SRC] [iif DEV] [oif DEV] [mark M] [fibmatch]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteQuery {
+    /// Destination address.
+    pub dst: IpAddr,
+    /// Source address (`from`).
+    pub src: Option<IpAddr>,
+    /// Incoming interface index: simulates a forwarded packet (input route lookup).
+    pub iif: Option<u32>,
+    /// Outgoing interface index.
+    pub oif: Option<u32>,
+    /// Firewall mark.
+    pub mark: Option<u32>,
+    /// Return the matching FIB entry (its prefix) instead of the resolved per-destination result.
+    pub fib_match: bool,
+}
+
+impl RouteQuery {
+    /// A lookup of `dst` with nothing else set.
+    pub fn to(dst: IpAddr) -> RouteQuery {
+        RouteQuery { dst, src: None, iif: None, oif: None, mark: None, fib_match: false }
+    }
+}
+
+/// Asks the kernel which route it would use (`RTM_GETROUTE`), including
+/// policy rules. The result's `table` is the table the route was found in.
+///
+/// Unroutable destinations come back as errors (`ENETUNREACH`,
+/// `EHOSTUNREACH`, `EINVAL` for blackholes, ...), see [`crate::Error::errno`].
+pub fn get(h: &Handle, q: &RouteQuery) -> Result<Route> {
+    let fam = Family::of(&q.dst);
+    let op = format!("get route to {}", q.dst);
+    let full = match fam {
+        Family::V4 => 32,
+        Family::V6 => 128,
+    };
+    let mut msg = RouteMessage::default();
+    msg.header.address_family = fam.to_nl();
+    msg.header.destination_prefix_length = full;
+    // Report the table the route came from; optionally the FIB entry itself.
+    msg.header.flags = RouteFlags::LookupTable;
+    if q.fib_match {
+        msg.header.flags |= RouteFlags::FibMatch;
+    }
+    msg.attributes.push(RouteAttribute::Destination(route_addr(q.dst)));
+    if let Some(src) = q.src {
+        if Family::of(&src) != fam {
+            return Err(Error::invalid(op, format!("source {src} is not the same family")));
+        }
+        msg.header.source_prefix_length = full;
+        msg.attributes.push(RouteAttribute::Source(route_addr(src)));
+    }
+    if let Some(i) = q.iif {
+        msg.attributes.push(RouteAttribute::Iif(i));
+    }
+    if let Some(o) = q.oif {
+        msg.attributes.push(RouteAttribute::Oif(o));
+    }
+    if let Some(m) = q.mark {
+        msg.attributes.push(RouteAttribute::Mark(m));
+    }
+    let msgs = h.request(RouteNetlinkMessage::GetRoute(msg), 0, || op.clone())?;
+    for m in msgs {
+        if let RouteNetlinkMessage::NewRoute(m) = m {
+            if let Some(r) = parse_any_route(m)? {
+                return Ok(r);
+            }
+        }
+    }
+    Err(Error::NotFound { what: format!("route to {} (empty kernel reply)", q.dst) })
 }

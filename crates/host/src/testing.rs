@@ -12,7 +12,8 @@
 //!
 //! Every namespace is a named one (`/run/netns/<prefix>-<pid>-<n>[-<pod>]`)
 //! removed when the `TestNet` is dropped, including during a panic unwind;
-//! processes started with [`TestNet::spawn`] are killed first. Creating a
+//! processes started with [`TestNet::spawn`], and any other process still
+//! inside one of its namespaces, are killed first. Creating a
 //! `TestNet` switches on the root-namespace guard ([`crate::guard`]) for the
 //! whole process, so a test that forgets to enter a namespace fails instead of
 //! changing the host.
@@ -21,7 +22,7 @@ use std::process::{Child, Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
-use crate::netns::Netns;
+use crate::netns::{Netns, NsId};
 use crate::{guard, link, Error, Handle, Result};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -175,6 +176,14 @@ impl Drop for TestNet {
             let _ = c.wait();
         }
         let names = std::mem::take(&mut *self.names.lock().unwrap_or_else(|p| p.into_inner()));
+        // Processes started some other way (daemons a test launched through
+        // Netns::spawn, plugin grandchildren) would keep the namespaces alive.
+        let ids: Vec<NsId> = names
+            .iter()
+            .filter_map(|n| Netns::open_named(n).ok())
+            .filter_map(|ns| ns.id().ok())
+            .collect();
+        kill_processes_in(&ids);
         for name in names.iter().rev() {
             if let Err(e) = Netns::delete_named(name) {
                 tracing::warn!(%name, error = %e, "could not delete test namespace");
@@ -197,4 +206,26 @@ pub fn cleanup_stale(prefix: &str) -> Result<Vec<String>> {
         removed.push(name);
     }
     Ok(removed)
+}
+
+/// Sends SIGKILL to every process (other than this one) whose network
+/// namespace is one of `ids`.
+fn kill_processes_in(ids: &[NsId]) {
+    if ids.is_empty() {
+        return;
+    }
+    let me = std::process::id();
+    let Ok(proc_dir) = std::fs::read_dir("/proc") else { return };
+    for entry in proc_dir.filter_map(|e| e.ok()) {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        if pid == me {
+            continue;
+        }
+        let Ok(id) = NsId::of_path(&entry.path().join("ns/net")) else { continue };
+        if ids.contains(&id) {
+            if let Ok(pid) = i32::try_from(pid) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+    }
 }

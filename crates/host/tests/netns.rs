@@ -122,3 +122,14 @@ fn namespaces_are_removed_on_drop_and_on_panic() {
         assert!(!listed.contains(n), "{n} left behind after panic");
     }
 }
+
+#[test]
+fn processes_left_in_namespaces_are_killed() {
+    let tn = TestNet::new("kh").unwrap();
+    let pod = tn.pod("p").unwrap();
+    // Started outside the harness's tracking.
+    let mut child = pod.spawn(Command::new("sleep").arg("60")).unwrap();
+    drop(tn);
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "sleep should have been killed: {status:?}");
+}

@@ -35,14 +35,17 @@ fn cfg(node: usize) -> IpamConfig {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
     fn invariants_hold(ops in proptest::collection::vec(op(), 1..60)) {
         let store = MemStore::new();
         let nodes: Vec<Ipam<&MemStore>> = (0..3).map(|n| Ipam::with_store(cfg(n), &store)).collect();
         // Model: attachment → (node, addresses).
-        let mut model: HashMap<String, (usize, Vec<IpAddr>)> = HashMap::new();
+        // Model: attachment → (address, node that allocated it).
+        let mut model: HashMap<String, Vec<(IpAddr, usize)>> = HashMap::new();
+        // Address → pod identity of the attachment holding it.
+        let mut ip_pod: HashMap<IpAddr, Option<String>> = HashMap::new();
         for op in ops {
             match op {
                 Op::Alloc { node, cid, pod, req } => {
@@ -57,24 +60,33 @@ proptest! {
                     match nodes[node].allocate(&r) {
                         Ok(res) => {
                             let ips = res.addrs();
-                            if let Some((_, prev)) = model.get(&cid) {
-                                // Idempotent: the same attachment keeps its addresses.
-                                for ip in prev {
-                                    prop_assert!(ips.contains(ip), "{cid} lost {ip}");
-                                }
+                            let had: Vec<IpAddr> = model.get(&cid).map(|v| v.iter().map(|x| x.0).collect()).unwrap_or_default();
+                            // Idempotent: the same attachment keeps its addresses.
+                            for ip in &had {
+                                prop_assert!(ips.contains(ip), "{cid} lost {ip}");
                             }
-                            for (other, (_, oips)) in &model {
-                                if *other != cid {
-                                    for ip in &ips {
-                                        prop_assert!(!oips.contains(ip), "{ip} given to {cid} and {other}");
+                            let me = pod.map(|p| format!("p{p}"));
+                            for (other, oips) in model.iter_mut() {
+                                if *other == cid {
+                                    continue;
+                                }
+                                for ip in &ips {
+                                    if oips.iter().any(|x| x.0 == *ip) {
+                                        // Only a fixed IP moves: the same pod identity
+                                        // re-created with a new container takes it over.
+                                        prop_assert!(
+                                            ip.is_ipv6() && me.is_some() && ip_pod.get(ip) == Some(&me),
+                                            "{ip} given to {cid} and {other}"
+                                        );
+                                        oips.retain(|x| x.0 != *ip);
                                     }
                                 }
                             }
-                            let entry = model.entry(cid).or_insert((node, Vec::new()));
-                            for ip in ips {
-                                if !entry.1.contains(&ip) {
-                                    entry.1.push(ip);
-                                }
+                            model.retain(|_, v| !v.is_empty());
+                            let entry = model.entry(cid).or_default();
+                            for ip in ips.iter().filter(|i| !had.contains(i)) {
+                                ip_pod.insert(*ip, me.clone());
+                                entry.push((*ip, node));
                             }
                         }
                         Err(e) => prop_assert!(
@@ -86,10 +98,9 @@ proptest! {
                 Op::Release { node, cid } => {
                     let cid = format!("c{cid}");
                     let released = nodes[node].release(&cid, "eth0").unwrap();
-                    let want = model.remove(&cid).map(|m| m.1).unwrap_or_default();
-                    let a: HashSet<_> = released.into_iter().collect();
-                    let b: HashSet<_> = want.into_iter().collect();
-                    prop_assert_eq!(a, b);
+                    let want: HashSet<IpAddr> = model.remove(&cid).unwrap_or_default().into_iter().map(|x| x.0).collect();
+                    let got: HashSet<_> = released.into_iter().collect();
+                    prop_assert_eq!(got, want);
                 }
                 Op::ReleaseFixed { pod } => {
                     nodes[0].release_fixed(&PodRef::new("ns", format!("p{pod}"))).unwrap();
@@ -101,7 +112,7 @@ proptest! {
                         .collect();
                     let mode = if all { GcMode::All } else { GcMode::KeepFixed };
                     nodes[node].gc(&valid, mode).unwrap();
-                    model.retain(|cid, (n, _)| *n != node || valid.iter().any(|v| &v.0 == cid));
+                    model.retain(|cid, v| !v.iter().any(|x| x.1 == node) || valid.iter().any(|v| &v.0 == cid));
                 }
             }
             let st = nodes[0].snapshot().unwrap();
@@ -109,23 +120,20 @@ proptest! {
                 prop_assert!(false, "invariant: {e}");
             }
             // The store agrees with the model.
-            for (cid, (_, ips)) in &model {
+            for (cid, ips) in &model {
                 let got: HashSet<IpAddr> = st.lookup(cid, "eth0").into_iter().map(|g| g.ip).collect();
-                let want: HashSet<IpAddr> = ips.iter().copied().collect();
+                let want: HashSet<IpAddr> = ips.iter().map(|x| x.0).collect();
                 prop_assert_eq!(got, want, "{}", cid);
             }
-            prop_assert_eq!(st.allocated_count(), model.values().map(|m| m.1.len()).sum::<usize>());
+            prop_assert_eq!(st.allocated_count(), model.values().map(|m| m.len()).sum::<usize>());
             // Affinity: each node's addresses in the affinity pool lie in its own blocks, or were
             // borrowed (listed by borrowed_of).
             for n in 0..3 {
                 let name = format!("node{n}");
                 let blocks = st.blocks_of(&name);
                 let borrowed = st.borrowed_of(&name);
-                for (cid, (node, ips)) in &model {
-                    if *node != n {
-                        continue;
-                    }
-                    for ip in ips.iter().filter(|i| i.is_ipv4()) {
+                for (cid, ips) in &model {
+                    for (ip, _) in ips.iter().filter(|x| x.0.is_ipv4() && x.1 == n) {
                         prop_assert!(
                             blocks.iter().any(|b| b.contains(ip)) || borrowed.contains(ip),
                             "{} of {} on {} outside its blocks", ip, cid, name

@@ -1,0 +1,411 @@
+//! ADD, DEL and CHECK of the coordinator against the kernel, through `knit-host`.
+//!
+//! The plugin runs in the node's namespace. Pod state is read and written through a netlink
+//! socket created inside the pod namespace; pod sysctls and the pod's iptables rules run on a
+//! short-lived thread inside it (knit-host does that), never by switching this thread.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use knit_cni::{CmdArgs, CniError, CniResult, Plugin};
+use knit_host::route::Route;
+use knit_host::rule::Rule;
+use knit_host::{addr, firewall, link, neigh, route, rule, sysctl, Family, Handle, Netns, Scope};
+
+use crate::config::Conf;
+use crate::plan::{self, DevRoute, Facts, Plan, ResolvedMode, POD_VETH};
+
+const MAIN_TABLE: u32 = 254;
+
+fn herr(ctx: impl Into<String>) -> impl FnOnce(knit_host::Error) -> CniError {
+    let ctx = ctx.into();
+    move |e| CniError::generic(format!("{ctx}: {e}"))
+}
+
+/// Interface name prefixes that never carry the node's own IP (Spiderpool's list, plus ours).
+const NOT_NODE_IFACES: &[&str] =
+    &["lo", "veth", "cali", "docker", "cbr", "virbr", "lxcbr", "cni", "flannel", "kube-ipvs", "vx-submariner", "cilium", "knit", "vxlan"];
+
+/// The node's IPs, best first: the one in the pod's subnet, then those on the default route's
+/// device, then the rest (global scope only).
+pub fn node_ips(host: &Handle, pod_ips: &[IpNet]) -> Result<Vec<IpAddr>, CniError> {
+    let links = link::list(host).map_err(herr("listing host links"))?;
+    let usable: Vec<u32> = links
+        .iter()
+        .filter(|l| !NOT_NODE_IFACES.iter().any(|p| l.name.starts_with(p)))
+        .map(|l| l.index)
+        .collect();
+    let addrs = addr::list(host, None, None).map_err(herr("listing host addresses"))?;
+    let mut cands: Vec<(u8, IpNet, u32)> = Vec::new();
+    let mut default_oifs = Vec::new();
+    for f in [Family::V4, Family::V6] {
+        if let Ok(rs) = route::list(host, f, Some(MAIN_TABLE)) {
+            default_oifs.extend(rs.iter().filter(|r| r.is_default()).filter_map(|r| r.oif));
+        }
+    }
+    for a in addrs {
+        if a.scope != Scope::Universe || !usable.contains(&a.index) {
+            continue;
+        }
+        let rank = if pod_ips.iter().any(|p| a.net.contains(&p.addr())) {
+            0
+        } else if default_oifs.contains(&a.index) {
+            1
+        } else {
+            2
+        };
+        cands.push((rank, a.net, a.index));
+    }
+    cands.sort_by_key(|c| c.0);
+    let mut out: Vec<IpAddr> = Vec::new();
+    for (_, n, _) in cands {
+        if !out.contains(&n.addr()) {
+            out.push(n.addr());
+        }
+    }
+    Ok(out)
+}
+
+/// Reads the facts the plan needs from the pod and the node.
+fn read_facts(conf: &Conf, ifname: &str, prev: &CniResult, host: &Handle, pod: &Handle) -> Result<Facts, CniError> {
+    let links = link::list(pod).map_err(herr("listing pod links"))?;
+    let mut facts = Facts { pod_links: links.iter().map(|l| l.name.clone()).collect(), ..Facts::default() };
+    let nic = links.iter().find(|l| l.name == ifname);
+    let eth0 = links.iter().find(|l| l.name == conf.pod_default_cni_nic);
+    if let Some(e) = eth0 {
+        facts.default_nic_addrs = addr::list(pod, None, Some(e.index))
+            .map_err(herr("listing pod addresses"))?
+            .into_iter()
+            .filter(|a| a.scope == Scope::Universe)
+            .map(|a| a.net)
+            .collect();
+        // The host side of the default NIC's veth: its link index is the peer's ifindex in the
+        // node namespace (the pod was created from there).
+        if let Some(peer) = e.link {
+            if let Ok(Some(h)) = link::get_by_index(host, peer) {
+                facts.default_nic_host_peer = Some(h.name);
+            }
+        }
+    }
+    for f in [Family::V4, Family::V6] {
+        let routes = route::list(pod, f, Some(MAIN_TABLE)).map_err(herr("listing pod routes"))?;
+        for r in routes {
+            if eth0.is_some_and(|e| r.oif == Some(e.index)) && ifname != conf.pod_default_cni_nic {
+                facts.default_nic_routes.push(r.clone());
+            }
+            if nic.is_some_and(|n| r.oif == Some(n.index)) {
+                facts.nic_routes.push(r);
+            }
+        }
+        let rules = rule::list(pod, f).map_err(herr("listing pod rules"))?;
+        facts.used_tables.extend(rules.iter().filter(|r| r.from.is_some()).map(|r| r.table));
+    }
+    let pod_ips: Vec<IpNet> = prev.ips.iter().map(|i| i.address).collect();
+    facts.node_ips = if conf.node_ips.is_empty() { node_ips(host, &pod_ips)? } else { conf.node_ips.clone() };
+    Ok(facts)
+}
+
+/// What a failed ADD must undo, in reverse order.
+enum Undo {
+    HostLink(u32),
+    HostRoute(Route),
+    PodRoute(Route),
+    PodRule(Rule),
+}
+
+struct Rollback<'a> {
+    host: &'a Handle,
+    pod: &'a Handle,
+    steps: Vec<Undo>,
+    armed: bool,
+}
+
+impl Drop for Rollback<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        for step in self.steps.drain(..).rev() {
+            let res = match &step {
+                Undo::HostLink(i) => link::delete(self.host, *i),
+                Undo::HostRoute(r) => route::del(self.host, r),
+                Undo::PodRoute(r) => route::del(self.pod, r),
+                Undo::PodRule(r) => rule::del(self.pod, r),
+            };
+            if let Err(e) = res {
+                if !e.is_not_found() {
+                    tracing::warn!("rollback: {e}");
+                }
+            }
+        }
+    }
+}
+
+fn resolve(h: &Handle, r: &DevRoute) -> Result<Route, CniError> {
+    let mut route = r.route.clone();
+    if let Some(dev) = &r.dev {
+        route.oif = Some(link::index_of(h, dev).map_err(herr(format!("finding {dev}")))?);
+    }
+    Ok(route)
+}
+
+fn add_rule(h: &Handle, r: &Rule) -> Result<bool, CniError> {
+    match rule::add(h, r) {
+        Ok(()) => Ok(true),
+        Err(e) if e.is_exists() => Ok(false),
+        Err(e) => Err(herr(format!("adding rule {r}"))(e)),
+    }
+}
+
+fn set_sysctls(kv: &[(String, String)]) -> knit_host::Result<()> {
+    for (k, v) in kv {
+        sysctl::set(k, v)?;
+    }
+    Ok(())
+}
+
+/// Installs the plan. Returns after a full success, or rolls back what it did.
+fn install(plan: &Plan, host: &Handle, pod: &Handle, pod_ns: &Netns) -> Result<(), CniError> {
+    let mut rb = Rollback { host, pod, steps: Vec::new(), armed: true };
+    let nic_index = link::index_of(pod, &plan.ifname).map_err(herr(format!("finding {}", plan.ifname)))?;
+
+    if let Some(v) = &plan.veth {
+        // A stale host veth of the same name belongs to an earlier sandbox of this container.
+        link::delete_by_name(host, &v.host).map_err(herr("removing a stale host veth"))?;
+        if let Some(stale) = link::get_by_name(pod, &v.pod).map_err(herr("reading pod links"))? {
+            link::delete(pod, stale.index).map_err(herr("removing a stale veth0"))?;
+        }
+        let opts = link::VethOptions { mtu: Some(v.mtu), mac: None, peer_mac: None, up: true };
+        let hidx = link::create_veth(host, &v.host, &v.pod, Some(pod_ns), &opts).map_err(herr("creating the veth pair"))?;
+        rb.steps.push(Undo::HostLink(hidx));
+        let pidx = link::index_of(pod, &v.pod).map_err(herr("finding veth0"))?;
+        link::set_up(pod, pidx).map_err(herr("bringing veth0 up"))?;
+        link::set_up(host, hidx).map_err(herr("bringing the host veth up"))?;
+        if let Some(a) = v.link_address {
+            addr::add(pod, &addr::Address::new(pidx, a)).map_err(herr("adding vethLinkAddress"))?;
+        }
+    }
+    link::set_up(pod, nic_index).map_err(herr(format!("bringing {} up", plan.ifname)))?;
+
+    if !plan.pod_sysctls.is_empty() {
+        let kv = plan.pod_sysctls.clone();
+        pod_ns.try_run(move || set_sysctls(&kv)).map_err(herr("setting pod sysctls"))?;
+    }
+    if let Some(mac) = plan.pod_mac {
+        // arp_notify=1 (set above) makes the kernel send the gratuitous ARP for the new MAC.
+        link::set_mac(pod, nic_index, mac).map_err(herr("setting the podMACPrefix MAC"))?;
+    }
+    if let Some(q) = plan.txqlen {
+        link::set_txqlen(pod, nic_index, q).map_err(herr("setting txQueueLen"))?;
+    }
+
+    for r in &plan.pod_routes {
+        let route = resolve(pod, r)?;
+        match route::add(pod, &route) {
+            Ok(()) => rb.steps.push(Undo::PodRoute(route)),
+            Err(e) if e.is_exists() => {}
+            Err(e) => return Err(herr(format!("adding pod route {r}"))(e)),
+        }
+    }
+    for r in &plan.pod_routes_del {
+        let route = resolve(pod, r)?;
+        if let Err(e) = route::del(pod, &route) {
+            if !e.is_not_found() {
+                return Err(herr(format!("moving pod route {r} out of main"))(e));
+            }
+        }
+    }
+    for r in &plan.pod_rules {
+        if add_rule(pod, r)? {
+            rb.steps.push(Undo::PodRule(r.clone()));
+        }
+    }
+    for (f, text) in &plan.pod_mangle {
+        firewall::iptables_restore(Some(pod_ns), *f, text, true).map_err(herr("installing the pod's reply-steering rules"))?;
+    }
+
+    // Host side (this thread is in the node's namespace).
+    set_sysctls(&plan.host_sysctls).map_err(herr("setting host sysctls"))?;
+    for r in &plan.host_rules {
+        // The shared rule stays on rollback and DEL: other pods use it.
+        add_rule(host, r)?;
+    }
+    for r in &plan.host_routes {
+        let route = resolve(host, r)?;
+        clear_stale(host, &route)?;
+        route::add(host, &route).map_err(herr(format!("adding host route {r}")))?;
+        rb.steps.push(Undo::HostRoute(route));
+    }
+    rb.armed = false;
+    Ok(())
+}
+
+/// Removes table-500 routes and neighbour entries left for this IP by an earlier pod.
+fn clear_stale(host: &Handle, want: &Route) -> Result<(), CniError> {
+    let routes = route::list(host, want.family(), Some(want.table)).map_err(herr("listing host routes"))?;
+    for r in routes.iter().filter(|r| r.dst == want.dst) {
+        let _ = route::del(host, r);
+    }
+    if let Ok(ns) = neigh::list(host, Some(want.family()), None) {
+        for n in ns.iter().filter(|n| n.ip == want.dst.addr()) {
+            let _ = neigh::del(host, n.index, n.ip);
+        }
+    }
+    Ok(())
+}
+
+pub struct Coordinator;
+
+impl Coordinator {
+    fn prev(args: &CmdArgs) -> Result<CniResult, CniError> {
+        args.prev_result()?
+            .ok_or_else(|| CniError::invalid_config("knit-coordinator is a chained plugin: prevResult is required"))
+    }
+
+    fn open_pod(args: &CmdArgs) -> Result<(Netns, Handle), CniError> {
+        let ns = Netns::open(&args.netns).map_err(|e| CniError::invalid_netns(format!("opening netns {:?}: {e}", args.netns)))?;
+        let h = Handle::in_netns(&ns).map_err(herr("opening netlink in the pod netns"))?;
+        Ok((ns, h))
+    }
+}
+
+impl Plugin for Coordinator {
+    fn add(&self, args: &CmdArgs) -> Result<CniResult, CniError> {
+        let conf = Conf::parse(&args.stdin)?;
+        let prev = Self::prev(args)?;
+        if conf.mode == crate::config::Mode::Disabled {
+            return Ok(prev);
+        }
+        let (pod_ns, pod) = Self::open_pod(args)?;
+        let host = Handle::new().map_err(herr("opening netlink"))?;
+        let facts = read_facts(&conf, &args.ifname, &prev, &host, &pod)?;
+        let plan = plan::plan(&conf, &args.ifname, &args.container_id, &prev, &facts)?;
+        tracing::debug!(?plan, "coordinator plan");
+        install(&plan, &host, &pod, &pod_ns)?;
+        Ok(prev)
+    }
+
+    /// Never fails for missing state; removes what ADD made except the shared host rule.
+    fn del(&self, args: &CmdArgs) -> Result<(), CniError> {
+        let conf = Conf::parse(&args.stdin)?;
+        if conf.mode == crate::config::Mode::Disabled {
+            return Ok(());
+        }
+        let prev = args.prev_result().ok().flatten().unwrap_or_default();
+        let host = Handle::new().map_err(herr("opening netlink"))?;
+        let pod = if args.netns.is_empty() { None } else { Self::open_pod(args).ok() };
+
+        // Host routes in the host rule table that point at this pod's devices.
+        let mut devs: Vec<u32> = Vec::new();
+        let veth_name = plan::host_veth_name(&args.container_id);
+        let is_first = args.ifname == conf.pod_default_cni_nic;
+        if is_first {
+            if let Some(l) = link::get_by_name(&host, &veth_name).map_err(herr("reading host links"))? {
+                devs.push(l.index);
+            }
+        }
+        if let Some((_, pod_h)) = &pod {
+            if let Ok(Some(e)) = link::get_by_name(pod_h, &conf.pod_default_cni_nic) {
+                if let Some(peer) = e.link {
+                    devs.push(peer);
+                }
+            }
+        }
+        let ips: Vec<IpAddr> = prev.ips.iter().map(|i| i.address.addr()).collect();
+        for f in [Family::V4, Family::V6] {
+            let Ok(routes) = route::list(&host, f, Some(conf.host_rule_table)) else { continue };
+            for r in routes {
+                let ours = r.oif.is_some_and(|o| devs.contains(&o));
+                if ours && (ips.is_empty() || ips.contains(&r.dst.addr())) && (is_first || ips.contains(&r.dst.addr())) {
+                    let _ = route::del(&host, &r);
+                }
+            }
+        }
+        // The pod side: rules and tables of this NIC, then veth0 (which takes the host veth).
+        if let Some((_, pod_h)) = &pod {
+            for f in [Family::V4, Family::V6] {
+                if let Ok(rules) = rule::list(pod_h, f) {
+                    for r in rules {
+                        let from_ours = r.from.is_some_and(|n| ips.contains(&n.addr()));
+                        let mark = is_first && r.fwmark == Some(crate::config::REPLY_MARK);
+                        if from_ours || mark {
+                            let _ = rule::del(pod_h, &r);
+                        }
+                    }
+                }
+            }
+            if is_first {
+                let _ = link::delete_by_name(pod_h, POD_VETH);
+            }
+        }
+        if is_first {
+            link::delete_by_name(&host, &veth_name).map_err(herr("deleting the host veth"))?;
+        }
+        Ok(())
+    }
+
+    fn check(&self, args: &CmdArgs) -> Result<(), CniError> {
+        let conf = Conf::parse(&args.stdin)?;
+        if conf.mode == crate::config::Mode::Disabled {
+            return Ok(());
+        }
+        let prev = Self::prev(args)?;
+        let (_pod_ns, pod) = Self::open_pod(args)?;
+        let host = Handle::new().map_err(herr("opening netlink"))?;
+        let mut facts = read_facts(&conf, &args.ifname, &prev, &host, &pod)?;
+        // veth0 exists after ADD; resolve the mode as ADD saw it.
+        if args.ifname == conf.pod_default_cni_nic {
+            facts.pod_links.retain(|l| l != POD_VETH);
+        }
+        let plan = plan::plan(&conf, &args.ifname, &args.container_id, &prev, &facts)?;
+        verify(&plan, &host, &pod)
+    }
+}
+
+fn missing(what: String) -> CniError {
+    CniError::generic(format!("CHECK: {what}"))
+}
+
+/// CHECK: every route and rule of the plan exists.
+fn verify(plan: &Plan, host: &Handle, pod: &Handle) -> Result<(), CniError> {
+    if let Some(v) = &plan.veth {
+        link::get_by_name(host, &v.host)
+            .map_err(herr("reading host links"))?
+            .ok_or_else(|| missing(format!("host veth {} is missing", v.host)))?;
+        link::get_by_name(pod, &v.pod)
+            .map_err(herr("reading pod links"))?
+            .ok_or_else(|| missing(format!("pod {} is missing", v.pod)))?;
+    }
+    let has_route = |h: &Handle, want: &Route| -> Result<bool, CniError> {
+        let rs = route::list(h, want.family(), Some(want.table)).map_err(herr("listing routes"))?;
+        Ok(rs.iter().any(|r| r.dst == want.dst && r.gateway == want.gateway && (want.oif.is_none() || r.oif == want.oif)))
+    };
+    for r in &plan.pod_routes {
+        let route = resolve(pod, r)?;
+        if !has_route(pod, &route)? {
+            return Err(missing(format!("pod route {r} is missing")));
+        }
+    }
+    for r in &plan.host_routes {
+        let route = resolve(host, r)?;
+        if !has_route(host, &route)? {
+            return Err(missing(format!("host route {r} is missing")));
+        }
+    }
+    let has_rule = |h: &Handle, want: &Rule| -> Result<bool, CniError> {
+        let rs = rule::list(h, want.family).map_err(herr("listing rules"))?;
+        Ok(rs.iter().any(|r| r.table == want.table && r.from == want.from && r.fwmark == want.fwmark && (want.priority.is_none() || r.priority == want.priority)))
+    };
+    for r in &plan.pod_rules {
+        if !has_rule(pod, r)? {
+            return Err(missing(format!("pod rule {r} is missing")));
+        }
+    }
+    for r in &plan.host_rules {
+        if !has_rule(host, r)? {
+            return Err(missing(format!("host rule {r} is missing")));
+        }
+    }
+    let _ = ResolvedMode::Overlay;
+    Ok(())
+}
