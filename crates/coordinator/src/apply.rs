@@ -285,20 +285,46 @@ impl Plugin for Coordinator {
         Ok(prev)
     }
 
-    /// Never fails for missing state; removes what ADD made except the shared host rule.
+    /// Never fails for missing state; removes what ADD made except the shared host rule. A
+    /// config that no longer validates is logged and cleaned up with the defaults: a pod must
+    /// always be removable.
     fn del(&self, args: &CmdArgs) -> Result<(), CniError> {
-        let conf = Conf::parse(&args.stdin)?;
+        let conf = match Conf::parse(&args.stdin) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("DEL with an invalid config ({}): cleaning up with the defaults", e.msg);
+                Conf::fallback()
+            }
+        };
         if conf.mode == crate::config::Mode::Disabled {
             return Ok(());
         }
         let prev = args.prev_result().ok().flatten().unwrap_or_default();
         let host = Handle::new().map_err(herr("opening netlink"))?;
         let pod = if args.netns.is_empty() { None } else { Self::open_pod(args).ok() };
+        let is_first = args.ifname == conf.pod_default_cni_nic;
+        let veth_name = plan::host_veth_name(&args.container_id);
+
+        // The pod side, from the same plan ADD computed.
+        if let Some((_, pod_h)) = &pod {
+            if !prev.ips.is_empty() {
+                match read_facts(&conf, &args.ifname, &prev, &host, pod_h) {
+                    Ok(mut facts) => {
+                        if is_first {
+                            facts.pod_links.retain(|l| l != POD_VETH);
+                        }
+                        match plan::plan(&conf, &args.ifname, &args.container_id, &prev, &facts) {
+                            Ok(p) => remove_pod_side(&p, pod_h, &prev),
+                            Err(e) => tracing::warn!("DEL: cannot plan the pod side: {}", e.msg),
+                        }
+                    }
+                    Err(e) => tracing::warn!("DEL: cannot read the pod: {}", e.msg),
+                }
+            }
+        }
 
         // Host routes in the host rule table that point at this pod's devices.
         let mut devs: Vec<u32> = Vec::new();
-        let veth_name = plan::host_veth_name(&args.container_id);
-        let is_first = args.ifname == conf.pod_default_cni_nic;
         if is_first {
             if let Some(l) = link::get_by_name(&host, &veth_name).map_err(herr("reading host links"))? {
                 devs.push(l.index);
@@ -316,24 +342,14 @@ impl Plugin for Coordinator {
             let Ok(routes) = route::list(&host, f, Some(conf.host_rule_table)) else { continue };
             for r in routes {
                 let ours = r.oif.is_some_and(|o| devs.contains(&o));
-                if ours && (ips.is_empty() || ips.contains(&r.dst.addr())) && (is_first || ips.contains(&r.dst.addr())) {
+                // The first NIC owns its host veth outright; on a shared host device (cali…)
+                // only this NIC's IPs are ours.
+                if ours && (ips.contains(&r.dst.addr()) || (is_first && ips.is_empty())) {
                     let _ = route::del(&host, &r);
                 }
             }
         }
-        // The pod side: rules and tables of this NIC, then veth0 (which takes the host veth).
         if let Some((_, pod_h)) = &pod {
-            for f in [Family::V4, Family::V6] {
-                if let Ok(rules) = rule::list(pod_h, f) {
-                    for r in rules {
-                        let from_ours = r.from.is_some_and(|n| ips.contains(&n.addr()));
-                        let mark = is_first && r.fwmark == Some(crate::config::REPLY_MARK);
-                        if from_ours || mark {
-                            let _ = rule::del(pod_h, &r);
-                        }
-                    }
-                }
-            }
             if is_first {
                 let _ = link::delete_by_name(pod_h, POD_VETH);
             }
@@ -359,6 +375,40 @@ impl Plugin for Coordinator {
         }
         let plan = plan::plan(&conf, &args.ifname, &args.container_id, &prev, &facts)?;
         verify(&plan, &host, &pod)
+    }
+}
+
+/// Removes the plan's pod rules and routes. What belongs to this NIC (its table, its source
+/// rules, the fwmark rule) always goes; what the default NIC shares with other secondary NICs
+/// (table 100, main-table routes on eth0, eth0's source rule) goes only when no other NIC
+/// table remains. Everything is best effort: missing state is success.
+fn remove_pod_side(plan: &Plan, pod: &Handle, prev: &CniResult) {
+    let nic_ips: Vec<IpAddr> = prev.ips.iter().map(|i| i.address.addr()).collect();
+    let own_table = plan.table;
+    let mut others = false;
+    for f in [Family::V4, Family::V6] {
+        if let Ok(rules) = rule::list(pod, f) {
+            others |= rules.iter().any(|r| {
+                r.from.is_some_and(|n| !nic_ips.contains(&n.addr()))
+                    && r.table >= crate::config::FIRST_NIC_TABLE
+                    && Some(r.table) != own_table
+            });
+        }
+    }
+    for r in &plan.pod_rules {
+        let own = r.from.is_some_and(|n| nic_ips.contains(&n.addr())) || r.fwmark.is_some();
+        if own || !others {
+            let _ = rule::del(pod, r);
+        }
+    }
+    for r in &plan.pod_routes {
+        let own = Some(r.route.table) == own_table;
+        if !(own || !others) {
+            continue;
+        }
+        if let Ok(route) = resolve(pod, r) {
+            let _ = route::del(pod, &route);
+        }
     }
 }
 

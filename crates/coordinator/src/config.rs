@@ -155,6 +155,38 @@ impl Conf {
         Conf::from_raw(raw)
     }
 
+    /// The defaults alone (no CIDRs): what DEL cleans up with when the config it is given no
+    /// longer validates, so that a bad config never makes a pod impossible to tear down.
+    pub fn fallback() -> Conf {
+        let raw = RawConf {
+            overlay_pod_cidr: Some(Vec::new()),
+            service_cidr: Some(Vec::new()),
+            hijack_cidr: Some(Vec::new()),
+            ..RawConf::default()
+        };
+        // Defaults always validate; the match keeps this free of panics all the same.
+        match Conf::from_raw(raw) {
+            Ok(c) => c,
+            Err(_) => Conf {
+                mode: Mode::Auto,
+                pod_default_cni_nic: "eth0".into(),
+                tune_pod_routes: true,
+                pod_default_route_nic: None,
+                overlay_pod_cidr: Vec::new(),
+                service_cidr: Vec::new(),
+                hijack_cidr: Vec::new(),
+                policy_routes: Vec::new(),
+                host_rule_table: DEFAULT_HOST_RULE_TABLE,
+                pod_rp_filter: Some(0),
+                tx_queue_len: None,
+                pod_mac_prefix: None,
+                veth_link_address: None,
+                veth_mtu: 1500,
+                node_ips: Vec::new(),
+            },
+        }
+    }
+
     /// Parses from an already decoded plugin configuration.
     pub fn from_plugin_conf(conf: &PluginConf) -> Result<Conf, CniError> {
         let v = serde_json::to_value(conf).map_err(|e| CniError::decode(e.to_string()))?;

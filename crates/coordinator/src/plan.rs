@@ -41,8 +41,10 @@ pub struct DevRoute {
 }
 
 impl DevRoute {
+    /// The device is named; an index carried over from a kernel dump is dropped so that the
+    /// name is the only source of truth.
     fn new(route: Route, dev: &str) -> DevRoute {
-        DevRoute { route, dev: Some(dev.to_string()) }
+        DevRoute { route: Route { oif: None, ..route }, dev: Some(dev.to_string()) }
     }
 }
 
@@ -341,7 +343,7 @@ pub fn plan(conf: &Conf, ifname: &str, container_id: &str, prev: &CniResult, fac
                 for a in &eth0_srcs {
                     p.pod_rules.push(Rule::from_net(host_net(*a), REPLY_TABLE).priority(SOURCE_RULE_PRIORITY));
                 }
-                for r in facts.default_nic_routes.iter().filter(|r| r.is_default() || r.scope == Scope::Link) {
+                for r in default_route_and_gateway(&facts.default_nic_routes) {
                     p.pod_routes.push(DevRoute::new(Route { table: REPLY_TABLE, ..r.clone() }, &eth0));
                 }
             }
@@ -382,6 +384,24 @@ pub fn plan(conf: &Conf, ifname: &str, container_id: &str, prev: &CniResult, fac
         }
     }
     Ok(p)
+}
+
+/// The default NIC's default routes and the on-link routes to their gateways (Calico's
+/// `169.254.1.1 dev eth0 scope link`): what table 100 needs. Other eth0 routes, including the
+/// ones the coordinator itself added to main, are not copied.
+fn default_route_and_gateway(routes: &[Route]) -> Vec<&Route> {
+    let defaults: Vec<&Route> = routes.iter().filter(|r| r.is_default()).collect();
+    let mut out: Vec<&Route> = routes
+        .iter()
+        .filter(|r| {
+            !r.is_default()
+                && r.scope == Scope::Link
+                && r.gateway.is_none()
+                && defaults.iter().any(|d| d.gateway.is_some_and(|g| r.dst.contains(&g)))
+        })
+        .collect();
+    out.extend(defaults);
+    out
 }
 
 /// `from <nic IP> lookup <table>`, and the NIC's routes (with its gateway as default) copied

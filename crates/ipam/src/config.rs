@@ -84,7 +84,12 @@ pub struct RawPool {
     pub range_start: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub range_end: Option<String>,
-    #[serde(rename = "excludeIPs", alias = "excludeIps", default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        rename = "excludeIPs",
+        alias = "excludeIps",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub exclude_ips: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<String>,
@@ -180,7 +185,10 @@ impl PoolConfig {
         let n = addr::to_u128(ip);
         let (first, last) = addr::net_bounds(&self.cidr);
         if n < first || n > last {
-            return Some(format!("{ip} is outside pool {} ({})", self.name, self.cidr));
+            return Some(format!(
+                "{ip} is outside pool {} ({})",
+                self.name, self.cidr
+            ));
         }
         if Some(*ip) == self.gateway {
             return Some(format!("{ip} is the gateway of pool {}", self.name));
@@ -191,7 +199,10 @@ impl PoolConfig {
             return Some(format!("{ip} is the network address of pool {}", self.name));
         }
         if n == last && v4 && prefix <= 30 {
-            return Some(format!("{ip} is the broadcast address of pool {}", self.name));
+            return Some(format!(
+                "{ip} is the broadcast address of pool {}",
+                self.name
+            ));
         }
         if self.excluded.contains(n) {
             return Some(format!("{ip} is in excludeIPs of pool {}", self.name));
@@ -229,22 +240,33 @@ impl PoolConfig {
             return Err(Error::config(f("name"), "must not be empty"));
         }
         if raw.name.starts_with('.')
-            || !raw.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            || !raw
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         {
             return Err(Error::config(
                 f("name"),
-                format!("{:?}: only letters, digits, '-', '_' and '.' (not first) are allowed", raw.name),
+                format!(
+                    "{:?}: only letters, digits, '-', '_' and '.' (not first) are allowed",
+                    raw.name
+                ),
             ));
         }
-        let cidr: IpNet = raw
-            .cidr
-            .trim()
-            .parse()
-            .map_err(|_| Error::config(f("cidr"), format!("{:?} is not a CIDR (like 10.233.64.0/18)", raw.cidr)))?;
+        let cidr: IpNet = raw.cidr.trim().parse().map_err(|_| {
+            Error::config(
+                f("cidr"),
+                format!("{:?} is not a CIDR (like 10.233.64.0/18)", raw.cidr),
+            )
+        })?;
         if cidr.addr() != cidr.network() {
             return Err(Error::config(
                 f("cidr"),
-                format!("{} has host bits set (did you mean {}?)", cidr, cidr.trunc()),
+                format!(
+                    "{} has host bits set (did you mean {}?)",
+                    cidr,
+                    cidr.trunc()
+                ),
             ));
         }
         let family = Family::of_net(&cidr);
@@ -276,7 +298,11 @@ impl PoolConfig {
             if Family::of(&ip) != family {
                 return Err(Error::config(
                     f(name),
-                    format!("{ip} is {} but cidr {cidr} is {}", Family::of(&ip).name(), family.name()),
+                    format!(
+                        "{ip} is {} but cidr {cidr} is {}",
+                        Family::of(&ip).name(),
+                        family.name()
+                    ),
                 ));
             }
             Ok(ip)
@@ -284,7 +310,10 @@ impl PoolConfig {
         let (first, last) = addr::net_bounds(&cidr);
         let in_cidr = |name: &str, ip: IpAddr| -> Result<IpAddr> {
             if !cidr.contains(&ip) {
-                return Err(Error::config(f(name), format!("{ip} is outside cidr {cidr}")));
+                return Err(Error::config(
+                    f(name),
+                    format!("{ip} is outside cidr {cidr}"),
+                ));
             }
             Ok(ip)
         };
@@ -298,7 +327,10 @@ impl PoolConfig {
         };
         if let (Some(s), Some(e)) = (range_start, range_end) {
             if addr::to_u128(&s) > addr::to_u128(&e) {
-                return Err(Error::config(f("rangeEnd"), format!("{e} is before rangeStart {s}")));
+                return Err(Error::config(
+                    f("rangeEnd"),
+                    format!("{e} is before rangeStart {s}"),
+                ));
             }
         }
         let gateway = match &raw.gateway {
@@ -333,15 +365,21 @@ impl PoolConfig {
                 let a = addr::to_u128(&parse_ip(&name, a)?);
                 let b = addr::to_u128(&parse_ip(&name, b)?);
                 if a > b {
-                    return Err(Error::config(f(&name), format!("{e:?}: range end is before its start")));
+                    return Err(Error::config(
+                        f(&name),
+                        format!("{e:?}: range end is before its start"),
+                    ));
                 }
                 Span { lo: a, hi: b }
             } else if e.contains('/') {
-                let n: IpNet = e
-                    .parse()
-                    .map_err(|_| Error::config(f(&name), format!("{e:?} is not an IP, CIDR or a-b range")))?;
+                let n: IpNet = e.parse().map_err(|_| {
+                    Error::config(f(&name), format!("{e:?} is not an IP, CIDR or a-b range"))
+                })?;
                 if Family::of_net(&n) != family {
-                    return Err(Error::config(f(&name), format!("{e} is not {}", family.name())));
+                    return Err(Error::config(
+                        f(&name),
+                        format!("{e} is not {}", family.name()),
+                    ));
                 }
                 let (a, b) = addr::net_bounds(&n.trunc());
                 Span { lo: a, hi: b }
@@ -354,14 +392,18 @@ impl PoolConfig {
         let mut routes = Vec::new();
         for (i, r) in raw.routes.iter().enumerate() {
             let name = format!("routes[{i}]");
-            let dst: IpNet = r
-                .dst
-                .trim()
-                .parse()
-                .map_err(|_| Error::config(format!("{field}.{name}.dst"), format!("{:?} is not a CIDR", r.dst)))?;
+            let dst: IpNet = r.dst.trim().parse().map_err(|_| {
+                Error::config(
+                    format!("{field}.{name}.dst"),
+                    format!("{:?} is not a CIDR", r.dst),
+                )
+            })?;
             let gw = match &r.gw {
                 Some(g) => Some(g.trim().parse::<IpAddr>().map_err(|_| {
-                    Error::config(format!("{field}.{name}.gw"), format!("{g:?} is not an IP address"))
+                    Error::config(
+                        format!("{field}.{name}.gw"),
+                        format!("{g:?} is not an IP address"),
+                    )
                 })?),
                 None => None,
             };
@@ -373,7 +415,10 @@ impl PoolConfig {
                     ));
                 }
             }
-            routes.push(Route { dst: dst.trunc(), gw });
+            routes.push(Route {
+                dst: dst.trunc(),
+                gw,
+            });
         }
         Ok(PoolConfig {
             name: raw.name.clone(),
@@ -425,7 +470,10 @@ impl IpamConfig {
     pub fn from_value(v: &Value, prefix: &str) -> Result<IpamConfig> {
         if !v.is_object() {
             let field = if prefix.is_empty() { "ipam" } else { prefix };
-            return Err(Error::config(field, format!("expected a JSON object, got {v}")));
+            return Err(Error::config(
+                field,
+                format!("expected a JSON object, got {v}"),
+            ));
         }
         let raw: RawIpamConfig = serde_path_to_error::deserialize(v).map_err(|e| {
             let field = serde_field(prefix, e.path());
@@ -436,14 +484,25 @@ impl IpamConfig {
 
     /// Validate a raw config.
     pub fn from_raw(raw: RawIpamConfig, prefix: &str) -> Result<IpamConfig> {
-        let f = |name: &str| if prefix.is_empty() { name.to_string() } else { format!("{prefix}.{name}") };
+        let f = |name: &str| {
+            if prefix.is_empty() {
+                name.to_string()
+            } else {
+                format!("{prefix}.{name}")
+            }
+        };
         let node = match raw.node {
-            Some(n) if n.trim().is_empty() => return Err(Error::config(f("node"), "must not be empty")),
+            Some(n) if n.trim().is_empty() => {
+                return Err(Error::config(f("node"), "must not be empty"))
+            }
             Some(n) => n.trim().to_string(),
-            None => hostname().ok_or_else(|| Error::config(f("node"), "not set and the host name is unknown"))?,
+            None => hostname()
+                .ok_or_else(|| Error::config(f("node"), "not set and the host name is unknown"))?,
         };
         let data_dir = match raw.data_dir {
-            Some(d) if d.is_empty() => return Err(Error::config(f("dataDir"), "must not be empty")),
+            Some(d) if d.is_empty() => {
+                return Err(Error::config(f("dataDir"), "must not be empty"))
+            }
             Some(d) => PathBuf::from(d),
             None => PathBuf::from(DEFAULT_DATA_DIR),
         };
@@ -451,12 +510,20 @@ impl IpamConfig {
             None | Some("local") | Some("") => StoreKind::Local,
             Some("etcd") => {
                 if raw.etcd_endpoints.is_empty() {
-                    return Err(Error::config(f("etcdEndpoints"), "required with store \"etcd\""));
+                    return Err(Error::config(
+                        f("etcdEndpoints"),
+                        "required with store \"etcd\"",
+                    ));
                 }
-                StoreKind::Etcd { endpoints: raw.etcd_endpoints.clone() }
+                StoreKind::Etcd {
+                    endpoints: raw.etcd_endpoints.clone(),
+                }
             }
             Some(other) => {
-                return Err(Error::config(f("store"), format!("{other:?}: expected \"local\" or \"etcd\"")))
+                return Err(Error::config(
+                    f("store"),
+                    format!("{other:?}: expected \"local\" or \"etcd\""),
+                ))
             }
         };
         if raw.pools.is_empty() {
@@ -468,15 +535,20 @@ impl IpamConfig {
             let field = f(&format!("pools[{i}]"));
             let pool = PoolConfig::from_raw(p, &field)?;
             if !names.insert(pool.name.clone()) {
-                return Err(Error::config(format!("{field}.name"), format!("duplicate pool name {:?}", pool.name)));
+                return Err(Error::config(
+                    format!("{field}.name"),
+                    format!("duplicate pool name {:?}", pool.name),
+                ));
             }
-            if let Some(other) = pools
-                .iter()
-                .find(|o| o.cidr.contains(&pool.cidr.network()) || pool.cidr.contains(&o.cidr.network()))
-            {
+            if let Some(other) = pools.iter().find(|o| {
+                o.cidr.contains(&pool.cidr.network()) || pool.cidr.contains(&o.cidr.network())
+            }) {
                 return Err(Error::config(
                     format!("{field}.cidr"),
-                    format!("{} overlaps pool {:?} ({})", pool.cidr, other.name, other.cidr),
+                    format!(
+                        "{} overlaps pool {:?} ({})",
+                        pool.cidr, other.name, other.cidr
+                    ),
                 ));
             }
             pools.push(pool);
@@ -535,7 +607,8 @@ mod tests {
         assert!(p.allocatable(&"10.0.0.1".parse().unwrap()));
         assert_eq!(p.allocatable_count(), 254);
         // A /28 pool keeps its own prefix as the default block size floor.
-        let c = IpamConfig::parse(br#"{"node":"n1","pools":[{"name":"p","cidr":"10.0.0.0/28"}]}"#).unwrap();
+        let c = IpamConfig::parse(br#"{"node":"n1","pools":[{"name":"p","cidr":"10.0.0.0/28"}]}"#)
+            .unwrap();
         assert_eq!(c.pools[0].block_size, 28);
     }
 

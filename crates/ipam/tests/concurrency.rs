@@ -17,16 +17,24 @@ const POOLS: &str = r#"[{"name":"overlay","cidr":"10.233.64.0/18","blockSize":26
     {"name":"under6","cidr":"fd00:16::/116","blocks":false}]"#;
 
 fn config(dir: &Path, node: &str) -> IpamConfig {
-    let json = format!(r#"{{"node":"{node}","dataDir":"{}","pools":{POOLS}}}"#, dir.display());
+    let json = format!(
+        r#"{{"node":"{node}","dataDir":"{}","pools":{POOLS}}}"#,
+        dir.display()
+    );
     IpamConfig::parse(json.as_bytes()).unwrap()
 }
 
 #[test]
 fn child_worker() {
-    let Ok(dir) = std::env::var("KNIT_IPAM_CHILD_DIR") else { return };
+    let Ok(dir) = std::env::var("KNIT_IPAM_CHILD_DIR") else {
+        return;
+    };
     let node = std::env::var("KNIT_IPAM_CHILD_NODE").unwrap();
     let prefix = std::env::var("KNIT_IPAM_CHILD_PREFIX").unwrap();
-    let count: u64 = std::env::var("KNIT_IPAM_CHILD_COUNT").unwrap().parse().unwrap();
+    let count: u64 = std::env::var("KNIT_IPAM_CHILD_COUNT")
+        .unwrap()
+        .parse()
+        .unwrap();
     let mut out = std::io::stdout().lock();
     let mut n = 0u64;
     while count == 0 || n < count {
@@ -64,7 +72,11 @@ fn spawn_child(dir: &Path, node: &str, prefix: &str, count: u64) -> Child {
 /// Reported state: container → addresses, minus released ones.
 fn apply_line(line: &str, live: &mut HashMap<String, Vec<IpAddr>>) {
     // libtest prints "test child_worker ... " without a newline before the first line.
-    let line = match ["DONE ", "RELEASED "].iter().filter_map(|k| line.find(k)).min() {
+    let line = match ["DONE ", "RELEASED "]
+        .iter()
+        .filter_map(|k| line.find(k))
+        .min()
+    {
         Some(i) => &line[i..],
         None => return,
     };
@@ -118,7 +130,14 @@ fn verify(dir: &Path, live: &HashMap<String, Vec<IpAddr>>) {
 fn eight_processes_times_fifty_no_duplicates() {
     let d = tempfile::tempdir().unwrap();
     let children: Vec<Child> = (0..8)
-        .map(|k| spawn_child(d.path(), &format!("node{}", k % 2 + 1), &format!("p{k}"), 50))
+        .map(|k| {
+            spawn_child(
+                d.path(),
+                &format!("node{}", k % 2 + 1),
+                &format!("p{k}"),
+                50,
+            )
+        })
         .collect();
     let mut live = HashMap::new();
     let mut done = 0;
@@ -171,7 +190,7 @@ fn sigkill_during_allocation_loses_nothing() {
             }
         }
         victim.kill().unwrap(); // SIGKILL
-        // Whatever the victim printed before dying counts as done.
+                                // Whatever the victim printed before dying counts as done.
         for line in lines.map_while(Result::ok) {
             apply_line(&line, &mut live);
         }
@@ -184,9 +203,14 @@ fn sigkill_during_allocation_loses_nothing() {
         verify(d.path(), &live);
         // The store is fully usable afterwards and hands out no taken address.
         let ipam = Ipam::open(config(d.path(), "node1")).unwrap();
-        let r = ipam.allocate(&AllocRequest::new(format!("after{round}"), "eth0")).unwrap();
+        let r = ipam
+            .allocate(&AllocRequest::new(format!("after{round}"), "eth0"))
+            .unwrap();
         for ip in r.addrs() {
-            assert!(!live.values().flatten().any(|x| *x == ip), "{ip} handed out twice");
+            assert!(
+                !live.values().flatten().any(|x| *x == ip),
+                "{ip} handed out twice"
+            );
         }
         live.insert(format!("after{round}"), r.addrs());
     }
@@ -251,7 +275,9 @@ fn optimistic_store_with_conflicts_no_duplicates() {
                 let ipam = Ipam::with_store(cfg, store);
                 let mut v = Vec::new();
                 for n in 0..50 {
-                    let r = ipam.allocate(&AllocRequest::new(format!("t{t}-{n}"), "eth0")).unwrap();
+                    let r = ipam
+                        .allocate(&AllocRequest::new(format!("t{t}-{n}"), "eth0"))
+                        .unwrap();
                     v.extend(r.addrs());
                 }
                 v
@@ -270,4 +296,3 @@ fn optimistic_store_with_conflicts_no_duplicates() {
     assert_eq!(st.allocated_count(), 800);
     println!("MemStore CAS conflicts retried: {}", store.conflicts());
 }
-

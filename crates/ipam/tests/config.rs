@@ -3,7 +3,9 @@
 use knit_ipam::IpamConfig;
 
 fn pool(extra: &str) -> String {
-    format!(r#"{{"node":"n1","dataDir":"/tmp/x","pools":[{{"name":"p","cidr":"10.233.64.0/18"{extra}}}]}}"#)
+    format!(
+        r#"{{"node":"n1","dataDir":"/tmp/x","pools":[{{"name":"p","cidr":"10.233.64.0/18"{extra}}}]}}"#
+    )
 }
 
 #[test]
@@ -23,10 +25,16 @@ fn good_config() {
     IpamConfig::parse(pool(r#","blockSize":18"#).as_bytes()).unwrap();
     IpamConfig::parse(pool(r#","blockSize":32"#).as_bytes()).unwrap();
     // From a whole netconf, with unknown fields around it.
-    let nc = format!(r#"{{"cniVersion":"1.0.0","name":"n","type":"knit-routed","mtu":1500,"ipam":{}}}"#, pool(""));
+    let nc = format!(
+        r#"{{"cniVersion":"1.0.0","name":"n","type":"knit-routed","mtu":1500,"ipam":{}}}"#,
+        pool("")
+    );
     IpamConfig::from_netconf(nc.as_bytes()).unwrap();
     // v6
-    let c = IpamConfig::parse(br#"{"node":"n","pools":[{"name":"v6","cidr":"fd00:10::/64","gateway":"fd00:10::1"}]}"#).unwrap();
+    let c = IpamConfig::parse(
+        br#"{"node":"n","pools":[{"name":"v6","cidr":"fd00:10::/64","gateway":"fd00:10::1"}]}"#,
+    )
+    .unwrap();
     assert_eq!(c.pools[0].block_size, 122);
 }
 
@@ -92,11 +100,20 @@ fn bad_configs() {
         assert_eq!(err.cni_code(), code, "{json}: {err}");
         if code == 7 {
             let f = err.field().unwrap_or_default();
-            assert!(f.contains(field), "{json}: field {f:?} should name {field:?} ({err})");
+            assert!(
+                f.contains(field),
+                "{json}: field {f:?} should name {field:?} ({err})"
+            );
         }
-        assert!(err.to_string().contains(msg), "{json}: {err} should say {msg:?}");
+        assert!(
+            err.to_string().contains(msg),
+            "{json}: {err} should say {msg:?}"
+        );
         if !field.is_empty() {
-            assert!(err.to_string().contains(field), "{json}: message {err} should name {field}");
+            assert!(
+                err.to_string().contains(field),
+                "{json}: message {err} should name {field}"
+            );
         }
     }
 }

@@ -17,10 +17,17 @@ fn core_throughput_with_1000_in_use() {
     let c = cfg("/nonexistent");
     let mut st = State::new(c.pools.clone());
     for n in 0..1000 {
-        st.allocate("node1", &AllocRequest::new(format!("base{n}"), "eth0"), None).unwrap();
+        st.allocate(
+            "node1",
+            &AllocRequest::new(format!("base{n}"), "eth0"),
+            None,
+        )
+        .unwrap();
     }
     // Allocate/release churn that keeps 1000 in use, plus a run of fresh allocations.
-    let reqs: Vec<AllocRequest> = (0..10_000).map(|n| AllocRequest::new(format!("c{n}"), "eth0")).collect();
+    let reqs: Vec<AllocRequest> = (0..10_000)
+        .map(|n| AllocRequest::new(format!("c{n}"), "eth0"))
+        .collect();
     let t = Instant::now();
     for r in &reqs {
         st.allocate("node1", r, None).unwrap();
@@ -46,21 +53,28 @@ fn core_throughput_with_1000_in_use() {
 fn local_store_per_operation() {
     let d = tempfile::tempdir().unwrap();
     let ipam = Ipam::open(cfg(&d.path().display().to_string())).unwrap();
-    for (label, count) in [("empty", 0), ("100 in use", 100)] {
-        for n in 0..count {
-            ipam.allocate(&AllocRequest::new(format!("{label}-base{n}"), "eth0")).unwrap();
+    let mut in_use = 0;
+    for target in [0, 30, 110, 1000] {
+        while in_use < target {
+            ipam.allocate(&AllocRequest::new(format!("base{in_use}"), "eth0"))
+                .unwrap();
+            in_use += 1;
         }
-        let t = Instant::now();
-        let ops = 200;
+        let ops = 300;
+        let (mut add, mut del) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
         for n in 0..ops {
-            ipam.allocate(&AllocRequest::new(format!("{label}-{n}"), "eth0")).unwrap();
+            let cid = format!("c{target}-{n}");
+            let t = Instant::now();
+            ipam.allocate(&AllocRequest::new(&cid, "eth0")).unwrap();
+            add += t.elapsed();
+            let t = Instant::now();
+            ipam.release(&cid, "eth0").unwrap();
+            del += t.elapsed();
         }
-        let add = t.elapsed() / ops;
-        let t = Instant::now();
-        for n in 0..ops {
-            ipam.release(&format!("{label}-{n}"), "eth0").unwrap();
-        }
-        let del = t.elapsed() / ops;
-        println!("local store ({label}): allocate {add:?}/op, release {del:?}/op");
+        println!(
+            "local store, {target} in use: allocate {:?}/op, release {:?}/op",
+            add / ops,
+            del / ops
+        );
     }
 }

@@ -2,6 +2,8 @@
 //! parses arguments and maps failures to exit codes.
 
 mod cni_cmd;
+mod ipam_cmd;
+mod node_cmd;
 
 use std::process::ExitCode;
 
@@ -18,6 +20,10 @@ struct Cli {
 enum Cmd {
     /// Run a CNI conflist against a network namespace, as containerd does.
     Cni(cni_cmd::CniCmd),
+    /// Inspect knit-ipam's embedded store.
+    Ipam(ipam_cmd::IpamCmd),
+    /// Node-agent helpers.
+    Node(node_cmd::NodeCmd),
 }
 
 fn init_logging() {
@@ -32,5 +38,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Cmd::Cni(c) => cni_cmd::run(c),
+        Cmd::Node(c) => node_cmd::run(c),
+        Cmd::Ipam(c) => ipam_cmd::run(c),
     }
 }

@@ -4,6 +4,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
+use std::net::IpAddr;
+
 use ipnet::IpNet;
 
 use super::{BlockRecord, Store, Version, Versioned};
@@ -71,7 +73,11 @@ impl Store for MemStore {
 
     fn list_pools(&self) -> Result<Vec<String>> {
         let d = self.data();
-        let mut v: Vec<String> = d.iter().filter(|(_, e)| e.meta.is_some()).map(|(k, _)| k.clone()).collect();
+        let mut v: Vec<String> = d
+            .iter()
+            .filter(|(_, e)| e.meta.is_some())
+            .map(|(k, _)| k.clone())
+            .collect();
         v.sort();
         Ok(v)
     }
@@ -89,11 +95,25 @@ impl Store for MemStore {
         Ok(self
             .data()
             .get(pool)
-            .map(|e| e.blocks.values().map(|(b, v)| Versioned { value: b.clone(), version: *v }).collect())
+            .map(|e| {
+                e.blocks
+                    .values()
+                    .map(|(b, v)| Versioned {
+                        value: b.clone(),
+                        version: *v,
+                    })
+                    .collect()
+            })
             .unwrap_or_default())
     }
 
-    fn put_block(&self, pool: &str, block: &BlockRecord, expect: Option<Version>) -> Result<Version> {
+    fn put_block(
+        &self,
+        pool: &str,
+        block: &BlockRecord,
+        expect: Option<Version>,
+        _changed: &[IpAddr],
+    ) -> Result<Version> {
         let rev = self.next_revision();
         let mut d = self.data();
         let entry = d.entry(pool.to_string()).or_default();
@@ -111,7 +131,9 @@ impl Store for MemStore {
 
     fn delete_block(&self, pool: &str, cidr: &IpNet, expect: Version) -> Result<()> {
         let mut d = self.data();
-        let Some(entry) = d.get_mut(pool) else { return Ok(()) };
+        let Some(entry) = d.get_mut(pool) else {
+            return Ok(());
+        };
         match entry.blocks.get(cidr).map(|(_, v)| *v) {
             None => Ok(()),
             Some(v) if v == expect => {
@@ -120,7 +142,9 @@ impl Store for MemStore {
             }
             Some(v) => {
                 drop(d);
-                Err(self.conflict(format!("delete block {cidr} of pool {pool}: expected version {expect}, found {v}")))
+                Err(self.conflict(format!(
+                    "delete block {cidr} of pool {pool}: expected version {expect}, found {v}"
+                )))
             }
         }
     }

@@ -26,6 +26,7 @@
 //! The pool record (`get_pool`/`put_pool`) keeps the pool definition as last configured, so that
 //! `show`, `gc` and `release` can work on every pool of the store without the network config.
 
+mod lines;
 pub mod local;
 pub mod mem;
 
@@ -102,7 +103,16 @@ pub trait Store {
 
     /// Create (`expect == None`: must not exist) or replace (`expect == Some(v)`: must be at
     /// version `v`) a block record. Returns the new version, or `Error::Conflict`.
-    fn put_block(&self, pool: &str, block: &BlockRecord, expect: Option<Version>) -> Result<Version>;
+    /// `changed` lists the addresses whose allocation was added, changed or removed relative
+    /// to version `expect`: a store that writes deltas (the local journal) writes just those;
+    /// one that writes whole records may ignore it.
+    fn put_block(
+        &self,
+        pool: &str,
+        block: &BlockRecord,
+        expect: Option<Version>,
+        changed: &[IpAddr],
+    ) -> Result<Version>;
 
     /// Delete a block record at version `expect` (a missing record is fine).
     fn delete_block(&self, pool: &str, cidr: &IpNet, expect: Version) -> Result<()>;
@@ -129,8 +139,8 @@ macro_rules! forward_store {
             fn list_blocks(&self, pool: &str) -> Result<Vec<Versioned<BlockRecord>>> {
                 (**self).list_blocks(pool)
             }
-            fn put_block(&self, pool: &str, block: &BlockRecord, expect: Option<Version>) -> Result<Version> {
-                (**self).put_block(pool, block, expect)
+            fn put_block(&self, pool: &str, block: &BlockRecord, expect: Option<Version>, changed: &[IpAddr]) -> Result<Version> {
+                (**self).put_block(pool, block, expect, changed)
             }
             fn delete_block(&self, pool: &str, cidr: &IpNet, expect: Version) -> Result<()> {
                 (**self).delete_block(pool, cidr, expect)
