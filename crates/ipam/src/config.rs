@@ -11,8 +11,14 @@
 //! ```
 //!
 //! * `node`: defaults to the host name.
-//! * `dataDir`: defaults to [`DEFAULT_DATA_DIR`]. `store`: `local` (default); `etcd` is
-//!   accepted by the parser (with `etcdEndpoints`) but not implemented yet.
+//! * `dataDir`: defaults to [`DEFAULT_DATA_DIR`]. `store`: `local` (default) or `etcd`.
+//! * `store: "etcd"`: `etcdEndpoints` (required, URLs like `http://10.0.0.1:2379`; `https://`
+//!   with TLS), `etcdCAFile`, `etcdCertFile` + `etcdKeyFile` (PEM; client certificate and key go
+//!   together), `etcdTimeoutMs` (default 2000: each etcd request, and connecting, fails after
+//!   this; an unreachable etcd makes ADD fail with code 11 within about that time),
+//!   `etcdNodeLock` (default true: processes of one node take turns through a `flock` on
+//!   `dataDir/etcd.lock`, like Calico's host-wide IPAM lock, so they do not race each other on
+//!   their node's block; nodes still only meet in etcd transactions). See [`crate::store::etcd`].
 //! * `lockTimeoutMs` (default 10000): bounded wait for the local store's lock (then code 11).
 //! * `fsync` (default false): fsync each record and its directory before/after the rename.
 //!   Records are always replaced by write-to-temp + rename, which is safe against a killed
@@ -64,6 +70,16 @@ pub struct RawIpamConfig {
     pub store: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub etcd_endpoints: Vec<String>,
+    #[serde(rename = "etcdCertFile", default, skip_serializing_if = "Option::is_none")]
+    pub etcd_cert_file: Option<String>,
+    #[serde(rename = "etcdKeyFile", default, skip_serializing_if = "Option::is_none")]
+    pub etcd_key_file: Option<String>,
+    #[serde(rename = "etcdCAFile", alias = "etcdCaFile", default, skip_serializing_if = "Option::is_none")]
+    pub etcd_ca_file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_node_lock: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lock_timeout_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -117,8 +133,41 @@ pub struct RawRoute {
 pub enum StoreKind {
     /// Files under `dataDir`, one lock for all processes of the machine.
     Local,
-    /// etcd (not implemented yet).
-    Etcd { endpoints: Vec<String> },
+    /// etcd: block and IP claims are etcd transactions.
+    Etcd(EtcdConfig),
+}
+
+/// Default `etcdTimeoutMs`.
+pub const DEFAULT_ETCD_TIMEOUT_MS: u64 = 2_000;
+
+/// Connection settings of `store: "etcd"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdConfig {
+    /// `etcdEndpoints`, e.g. `http://127.0.0.1:2379`.
+    pub endpoints: Vec<String>,
+    /// `etcdCertFile` / `etcdKeyFile`: client certificate and key (PEM).
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// `etcdCAFile`: CA bundle that signed the server certificate (PEM).
+    pub ca_file: Option<PathBuf>,
+    /// `etcdTimeoutMs`: bound of each request (and of connecting).
+    pub timeout_ms: u64,
+    /// `etcdNodeLock`: serialise this node's processes through `dataDir/etcd.lock`.
+    pub node_lock: bool,
+}
+
+impl EtcdConfig {
+    /// Plain settings for `endpoints` (no TLS, default timeout, node lock on).
+    pub fn new(endpoints: Vec<String>) -> EtcdConfig {
+        EtcdConfig {
+            endpoints,
+            cert_file: None,
+            key_file: None,
+            ca_file: None,
+            timeout_ms: DEFAULT_ETCD_TIMEOUT_MS,
+            node_lock: true,
+        }
+    }
 }
 
 /// A route handed out with an address.
@@ -515,9 +564,46 @@ impl IpamConfig {
                         "required with store \"etcd\"",
                     ));
                 }
-                StoreKind::Etcd {
-                    endpoints: raw.etcd_endpoints.clone(),
+                for (i, e) in raw.etcd_endpoints.iter().enumerate() {
+                    let ok = (e.starts_with("http://") || e.starts_with("https://"))
+                        && e.len() > "https://".len();
+                    if !ok {
+                        return Err(Error::config(
+                            f(&format!("etcdEndpoints[{i}]")),
+                            format!("{e:?}: expected a URL like http://127.0.0.1:2379"),
+                        ));
+                    }
                 }
+                if raw.etcd_cert_file.is_some() != raw.etcd_key_file.is_some() {
+                    let missing = if raw.etcd_cert_file.is_some() {
+                        "etcdKeyFile"
+                    } else {
+                        "etcdCertFile"
+                    };
+                    return Err(Error::config(
+                        f(missing),
+                        "etcdCertFile and etcdKeyFile go together",
+                    ));
+                }
+                let path = |name: &str, v: &Option<String>| -> Result<Option<PathBuf>> {
+                    match v.as_deref() {
+                        Some("") => Err(Error::config(f(name), "must not be empty")),
+                        Some(p) => Ok(Some(PathBuf::from(p))),
+                        None => Ok(None),
+                    }
+                };
+                let timeout_ms = raw.etcd_timeout_ms.unwrap_or(DEFAULT_ETCD_TIMEOUT_MS);
+                if timeout_ms == 0 {
+                    return Err(Error::config(f("etcdTimeoutMs"), "must be above 0"));
+                }
+                StoreKind::Etcd(EtcdConfig {
+                    endpoints: raw.etcd_endpoints.clone(),
+                    cert_file: path("etcdCertFile", &raw.etcd_cert_file)?,
+                    key_file: path("etcdKeyFile", &raw.etcd_key_file)?,
+                    ca_file: path("etcdCAFile", &raw.etcd_ca_file)?,
+                    timeout_ms,
+                    node_lock: raw.etcd_node_lock.unwrap_or(true),
+                })
             }
             Some(other) => {
                 return Err(Error::config(

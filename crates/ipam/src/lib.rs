@@ -58,11 +58,12 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-pub use config::{IpamConfig, PoolConfig, Route, StoreKind};
+pub use config::{EtcdConfig, IpamConfig, PoolConfig, Route, StoreKind};
 pub use error::{Error, Result};
 pub use result::{IpConfig, IpamResult};
 pub use show::Summary;
 pub use state::{AllocRequest, Attachment, Change, GcMode, GcReport, Grant, PodRef, State};
+pub use store::etcd::EtcdStore;
 pub use store::local::LocalStore;
 pub use store::mem::MemStore;
 pub use store::Store;
@@ -81,28 +82,104 @@ enum Scope {
 
 /// knit-ipam over a store. See the crate doc.
 #[derive(Debug)]
-pub struct Ipam<S: Store = LocalStore> {
+pub struct Ipam<S: Store = AnyStore> {
     cfg: IpamConfig,
     store: S,
 }
 
-impl Ipam<LocalStore> {
-    /// Open the store the config names (`store: local`).
-    pub fn open(cfg: IpamConfig) -> Result<Self> {
+/// The store a config names: [`LocalStore`] or [`EtcdStore`].
+#[derive(Debug)]
+pub enum AnyStore {
+    Local(LocalStore),
+    Etcd(EtcdStore),
+}
+
+impl AnyStore {
+    /// Open the store of `cfg` (`store`, `dataDir`, `etcd*`).
+    pub fn open(cfg: &IpamConfig) -> Result<AnyStore> {
         match &cfg.store {
-            StoreKind::Local => {
-                let store = LocalStore::with_options(
-                    &cfg.data_dir,
-                    Duration::from_millis(cfg.lock_timeout_ms),
-                    cfg.fsync,
-                )?;
-                Ok(Ipam { cfg, store })
-            }
-            StoreKind::Etcd { .. } => Err(Error::config(
-                "store",
-                "\"etcd\" is not implemented yet; use \"local\"",
-            )),
+            StoreKind::Local => Ok(AnyStore::Local(LocalStore::with_options(
+                &cfg.data_dir,
+                Duration::from_millis(cfg.lock_timeout_ms),
+                cfg.fsync,
+            )?)),
+            StoreKind::Etcd(e) => Ok(AnyStore::Etcd(EtcdStore::connect(
+                e,
+                Some(&cfg.data_dir),
+            )?)),
         }
+    }
+
+    /// Open the store of `cfg` for inspection and maintenance (`knit ipam`): a local store
+    /// is not created if missing, and the etcd node lock is not taken.
+    pub fn open_for_inspection(cfg: &IpamConfig) -> Result<AnyStore> {
+        match &cfg.store {
+            StoreKind::Local => Ok(AnyStore::Local(LocalStore::open_existing(&cfg.data_dir))),
+            StoreKind::Etcd(e) => Ok(AnyStore::Etcd(EtcdStore::connect(e, None)?)),
+        }
+    }
+}
+
+macro_rules! any_store {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self {
+            AnyStore::Local($s) => $e,
+            AnyStore::Etcd($s) => $e,
+        }
+    };
+}
+
+impl Store for AnyStore {
+    fn exclusive<R>(&self, f: impl FnOnce() -> Result<R>) -> Result<R> {
+        any_store!(self, s => s.exclusive(f))
+    }
+    fn list_pools(&self) -> Result<Vec<String>> {
+        any_store!(self, s => s.list_pools())
+    }
+    fn get_pool(&self, pool: &str) -> Result<Option<config::RawPool>> {
+        any_store!(self, s => s.get_pool(pool))
+    }
+    fn put_pool(&self, pool: &config::RawPool) -> Result<()> {
+        any_store!(self, s => s.put_pool(pool))
+    }
+    fn list_blocks(&self, pool: &str) -> Result<Vec<store::Versioned<store::BlockRecord>>> {
+        any_store!(self, s => s.list_blocks(pool))
+    }
+    fn put_block(
+        &self,
+        pool: &str,
+        block: &store::BlockRecord,
+        expect: Option<store::Version>,
+        changed: &[IpAddr],
+    ) -> Result<store::Version> {
+        any_store!(self, s => s.put_block(pool, block, expect, changed))
+    }
+    fn delete_block(&self, pool: &str, cidr: &IpNet, expect: store::Version) -> Result<()> {
+        any_store!(self, s => s.delete_block(pool, cidr, expect))
+    }
+    fn check(&self) -> Result<()> {
+        any_store!(self, s => s.check())
+    }
+    fn write_blocks(
+        &self,
+        writes: &[store::BlockWrite<'_>],
+    ) -> Result<Vec<Option<store::Version>>> {
+        any_store!(self, s => s.write_blocks(writes))
+    }
+}
+
+impl Ipam<AnyStore> {
+    /// Open the store the config names (`store: local` or `etcd`).
+    pub fn open(cfg: IpamConfig) -> Result<Self> {
+        let store = AnyStore::open(&cfg)?;
+        Ok(Ipam { cfg, store })
+    }
+
+    /// Open the store of `cfg` for inspection and maintenance (see
+    /// [`AnyStore::open_for_inspection`]); only the store settings of `cfg` matter.
+    pub fn open_for_inspection(cfg: IpamConfig) -> Result<Self> {
+        let store = AnyStore::open_for_inspection(&cfg)?;
+        Ok(Ipam { cfg, store })
     }
 }
 
@@ -167,20 +244,35 @@ impl<S: Store> Ipam<S> {
     }
 
     fn commit(&self, st: &mut State) -> Result<()> {
-        for change in st.take_changes() {
-            match change {
+        let changes = st.take_changes();
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let writes: Vec<store::BlockWrite<'_>> = changes
+            .iter()
+            .map(|c| match c {
                 Change::Put {
                     pool,
                     record,
                     expect,
                     changed,
-                } => {
-                    let v = self.store.put_block(&pool, &record, expect, &changed)?;
-                    st.set_version(&pool, &record.cidr, v);
-                }
-                Change::Delete { pool, cidr, expect } => {
-                    self.store.delete_block(&pool, &cidr, expect)?
-                }
+                } => store::BlockWrite::Put {
+                    pool,
+                    block: record,
+                    expect: *expect,
+                    changed,
+                },
+                Change::Delete { pool, cidr, expect } => store::BlockWrite::Delete {
+                    pool,
+                    cidr,
+                    expect: *expect,
+                },
+            })
+            .collect();
+        let versions = self.store.write_blocks(&writes)?;
+        for (c, v) in changes.iter().zip(versions) {
+            if let (Change::Put { pool, record, .. }, Some(v)) = (c, v) {
+                st.set_version(pool, &record.cidr, v);
             }
         }
         Ok(())
@@ -265,6 +357,29 @@ impl<S: Store> Ipam<S> {
         let valid: HashSet<Attachment> = valid.iter().cloned().collect();
         let node = self.cfg.node.clone();
         self.transact(Scope::Stored, |st| Ok(st.gc(&node, &valid, mode)))
+    }
+
+    /// Cluster-wide sweep (`knit ipam gc --valid FILE`): [`Ipam::gc`] for every node that
+    /// holds an allocation in the store, in one operation.
+    pub fn gc_cluster(&self, valid: &[Attachment], mode: GcMode) -> Result<GcReport> {
+        let valid: HashSet<Attachment> = valid.iter().cloned().collect();
+        self.transact(Scope::Stored, |st| {
+            let mut nodes = std::collections::BTreeSet::new();
+            for ps in &st.pools {
+                for b in ps.blocks.values() {
+                    for a in b.allocs.values() {
+                        nodes.insert(a.node.clone());
+                    }
+                }
+            }
+            let mut report = GcReport::default();
+            for node in nodes {
+                let r = st.gc(&node, &valid, mode);
+                report.released.extend(r.released);
+                report.unreserved.extend(r.unreserved);
+            }
+            Ok(report)
+        })
     }
 
     /// The blocks `node` has affinity to (for its blackhole routes and announcements).

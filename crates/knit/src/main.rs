@@ -1,8 +1,10 @@
 //! `knit`: the command-line tool. Each subcommand lives in its own module; this file only
 //! parses arguments and maps failures to exit codes.
 
+mod bench_cmd;
 mod cni_cmd;
 mod ipam_cmd;
+mod lab_cmd;
 mod node_cmd;
 
 use std::process::ExitCode;
@@ -24,6 +26,10 @@ enum Cmd {
     Ipam(ipam_cmd::IpamCmd),
     /// Node-agent helpers.
     Node(node_cmd::NodeCmd),
+    /// Benchmarks against the reference plugins, as ratios measured in one run.
+    Bench(bench_cmd::BenchCmd),
+    /// A multi-node cluster in network namespaces, and its connectivity matrix.
+    Lab(lab_cmd::LabCmd),
 }
 
 fn init_logging() {
@@ -40,5 +46,7 @@ fn main() -> ExitCode {
         Cmd::Cni(c) => cni_cmd::run(c),
         Cmd::Node(c) => node_cmd::run(c),
         Cmd::Ipam(c) => ipam_cmd::run(c),
+        Cmd::Bench(c) => bench_cmd::run(c),
+        Cmd::Lab(c) => lab_cmd::run(c),
     }
 }

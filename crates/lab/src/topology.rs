@@ -502,9 +502,22 @@ impl Topology {
     }
 
     fn validate_nodes(&self) -> Result<()> {
+        let mut first: Option<IpNet> = None;
         for (i, n) in self.nodes.iter().enumerate() {
             let field = format!("nodes[{i}].ip");
-            self.check_on_fabric(&field, n.ip)?;
+            let gw = self.check_on_fabric(&field, n.ip)?;
+            // Nodes peer over iBGP with direct next hops, and route underlay pod /32s to each
+            // other's eth0: both need the nodes on one subnet (as a Kubernetes node network is).
+            match first {
+                None => first = Some(gw),
+                Some(f) if f != gw => {
+                    return Err(invalid(
+                        field,
+                        format!("{} is not in the first node's subnet {}: all nodes share one underlay subnet", n.ip, f.trunc()),
+                    ))
+                }
+                Some(_) => {}
+            }
         }
         Ok(())
     }

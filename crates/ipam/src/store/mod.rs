@@ -23,9 +23,14 @@
 //! compare-and-swaps can never fail; an optimistic store (etcd, [`mem::MemStore`]) may run the
 //! closure directly and rely on the CAS checks alone.
 //!
+//! [`Store::write_blocks`] commits all the block writes of one operation (a dual-stack
+//! allocation touches two blocks): by default one call after the other; the etcd store makes
+//! them one transaction, so an operation is written entirely or not at all.
+//!
 //! The pool record (`get_pool`/`put_pool`) keeps the pool definition as last configured, so that
 //! `show`, `gc` and `release` can work on every pool of the store without the network config.
 
+pub mod etcd;
 mod lines;
 pub mod local;
 pub mod mem;
@@ -83,6 +88,24 @@ pub struct AllocRecord {
     pub fixed: bool,
 }
 
+/// One block write of an operation's commit (see [`Store::write_blocks`]).
+#[derive(Debug, Clone, Copy)]
+pub enum BlockWrite<'a> {
+    /// [`Store::put_block`].
+    Put {
+        pool: &'a str,
+        block: &'a BlockRecord,
+        expect: Option<Version>,
+        changed: &'a [IpAddr],
+    },
+    /// [`Store::delete_block`].
+    Delete {
+        pool: &'a str,
+        cidr: &'a IpNet,
+        expect: Version,
+    },
+}
+
 /// Where allocations live. See the module doc for the granularity.
 pub trait Store {
     /// Run one whole operation. The local store holds its lock during `f`; optimistic stores
@@ -119,6 +142,29 @@ pub trait Store {
 
     /// Whether the store is usable now (writable, lock obtainable).
     fn check(&self) -> Result<()>;
+
+    /// Commit the writes of one operation; returns the new version of each `Put` (`None` for a
+    /// `Delete`), in order. The default runs them one by one (a failure leaves the earlier
+    /// ones written; the local store is under its lock then); a transactional store writes
+    /// all or nothing.
+    fn write_blocks(&self, writes: &[BlockWrite<'_>]) -> Result<Vec<Option<Version>>> {
+        let mut out = Vec::with_capacity(writes.len());
+        for w in writes {
+            match *w {
+                BlockWrite::Put {
+                    pool,
+                    block,
+                    expect,
+                    changed,
+                } => out.push(Some(self.put_block(pool, block, expect, changed)?)),
+                BlockWrite::Delete { pool, cidr, expect } => {
+                    self.delete_block(pool, cidr, expect)?;
+                    out.push(None);
+                }
+            }
+        }
+        Ok(out)
+    }
 }
 
 macro_rules! forward_store {
@@ -147,6 +193,9 @@ macro_rules! forward_store {
             }
             fn check(&self) -> Result<()> {
                 (**self).check()
+            }
+            fn write_blocks(&self, writes: &[BlockWrite<'_>]) -> Result<Vec<Option<Version>>> {
+                (**self).write_blocks(writes)
             }
         }
     )*};

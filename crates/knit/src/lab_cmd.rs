@@ -1,0 +1,393 @@
+//! `knit lab …`: a multi-node cluster in network namespaces, and its connectivity matrix.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::{Args, Subcommand, ValueEnum};
+use knit_lab::kubeproxy::Mode;
+use knit_lab::matrix::{self, Cell};
+use knit_lab::plan::DEFAULT_RUN_DIR;
+use knit_lab::topology::Topology;
+use knit_lab::{Lab, LabError, Options, Serve};
+
+#[derive(Args)]
+pub struct LabCmd {
+    #[command(subcommand)]
+    cmd: LabSub,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum KubeProxy {
+    /// kube-proxy < 1.29: `ctstate INVALID` drop, strict TCP tracking (nf_conntrack_tcp_be_liberal=0).
+    Legacy,
+    /// kube-proxy >= 1.29 with conntrack's liberal TCP tracking (=1), hence no INVALID drop.
+    Modern,
+}
+
+impl From<KubeProxy> for Mode {
+    fn from(k: KubeProxy) -> Mode {
+        match k {
+            KubeProxy::Legacy => Mode::Legacy,
+            KubeProxy::Modern => Mode::Modern,
+        }
+    }
+}
+
+#[derive(Args, Clone)]
+struct BuildArgs {
+    /// Topology file (TOML); the embedded default lab when absent.
+    #[arg(long)]
+    topology: Option<PathBuf>,
+    /// Which kube-proxy to mimic.
+    #[arg(long, value_enum, default_value = "legacy")]
+    kube_proxy: KubeProxy,
+    /// Don't exchange underlay pod /32 routes between nodes (shows the seeds' failures).
+    #[arg(long)]
+    no_underlay_routes: bool,
+    /// Where lab directories live.
+    #[arg(long, default_value = DEFAULT_RUN_DIR)]
+    run_dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum LabSub {
+    /// Build a lab and leave it running.
+    Up {
+        #[command(flatten)]
+        build: BuildArgs,
+        /// The lab's name (part of every namespace name).
+        #[arg(long, default_value = "lab")]
+        name: String,
+    },
+    /// Remove a lab: its processes, namespaces (and so links) and files.
+    Down {
+        #[arg(long, default_value = "lab")]
+        name: String,
+        #[arg(long, default_value = DEFAULT_RUN_DIR)]
+        run_dir: PathBuf,
+    },
+    /// Run a command inside a node, pod or client of a lab (or `fabric`).
+    Exec {
+        #[arg(long, default_value = "lab")]
+        name: String,
+        #[arg(long, default_value = DEFAULT_RUN_DIR)]
+        run_dir: PathBuf,
+        /// Node, pod or client name.
+        target: String,
+        /// The command.
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Show the labs on this machine, or one lab's pods.
+    Status {
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, default_value = DEFAULT_RUN_DIR)]
+        run_dir: PathBuf,
+    },
+    /// Build a throwaway lab, probe every cell of the connectivity matrix, remove the lab.
+    /// Exits 0 only when every cell passes.
+    Matrix {
+        #[command(flatten)]
+        build: BuildArgs,
+        /// Print JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// The lab's name (default: `m<pid>`).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// The pods' TCP/UDP echo server (runs inside a pod; `knit lab up` starts it).
+    Serve {
+        /// The pod name it answers with.
+        #[arg(long)]
+        pod: String,
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+    },
+}
+
+pub fn run(c: LabCmd) -> ExitCode {
+    let res = match c.cmd {
+        LabSub::Up { build, name } => up(&build, &name),
+        LabSub::Down { name, run_dir } => down(&name, &run_dir),
+        LabSub::Exec { name, run_dir, target, cmd } => return exec(&name, &run_dir, &target, &cmd),
+        LabSub::Status { name, run_dir } => status(name.as_deref(), &run_dir),
+        LabSub::Matrix { build, json, name } => return matrix_cmd(&build, json, name),
+        LabSub::Serve { pod, port } => serve(&pod, port),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("knit lab: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_topology(path: Option<&Path>) -> Result<Topology, LabError> {
+    match path {
+        Some(p) => Ok(Topology::load(p)?),
+        None => Ok(Topology::default_lab()?),
+    }
+}
+
+/// Where the CNI plugins are: next to this executable (knit's plugins are built beside it),
+/// then `$CNI_PATH`, then Debian's and the usual directory.
+fn cni_path() -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+        out.push(dir);
+    }
+    if let Ok(p) = std::env::var("CNI_PATH") {
+        out.extend(std::env::split_paths(&p));
+    }
+    out.push(PathBuf::from("/usr/lib/cni"));
+    out.push(PathBuf::from("/opt/cni/bin"));
+    out
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// On Ctrl-C or SIGTERM while a lab is being built or probed: remove it, then exit 130.
+/// The handler only sets a flag; a watcher thread does the work outside signal context.
+fn remove_on_interrupt(name: String, run_dir: PathBuf) {
+    let action = nix::sys::signal::SigAction::new(
+        nix::sys::signal::SigHandler::Handler(on_signal),
+        nix::sys::signal::SaFlags::SA_RESTART,
+        nix::sys::signal::SigSet::empty(),
+    );
+    for sig in [nix::sys::signal::Signal::SIGINT, nix::sys::signal::Signal::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        let _ = unsafe { nix::sys::signal::sigaction(sig, &action) };
+    }
+    std::thread::spawn(move || loop {
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            eprintln!("\nknit lab: interrupted, removing lab {name}");
+            if let Err(e) = knit_lab::down(&name, &run_dir) {
+                eprintln!("knit lab: {e}");
+            }
+            std::process::exit(130);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    });
+}
+
+fn options(build: &BuildArgs, name: &str, serve: Serve) -> Options {
+    Options {
+        name: name.to_string(),
+        run_dir: build.run_dir.clone(),
+        kube_proxy: build.kube_proxy.into(),
+        underlay_routes: !build.no_underlay_routes,
+        serve,
+        cni_path: cni_path(),
+    }
+}
+
+fn up(build: &BuildArgs, name: &str) -> Result<(), LabError> {
+    let topo = load_topology(build.topology.as_deref())?;
+    let exe = std::env::current_exe().map_err(|e| LabError::Invalid(format!("own executable: {e}")))?;
+    knit_lab::plan::validate_name(name)?;
+    remove_on_interrupt(name.to_string(), build.run_dir.clone());
+    let t0 = Instant::now();
+    let lab = Lab::up(topo, &options(build, name, Serve::Processes { exe }), &|phase| eprintln!("knit lab: {phase}"))?;
+    eprintln!(
+        "knit lab: {name} is up in {:.1}s: {} nodes, {} pods (knit lab status --name {name}; knit lab down --name {name})",
+        t0.elapsed().as_secs_f64(),
+        lab.plan.topo.nodes.len(),
+        lab.state.pods.len()
+    );
+    lab.keep();
+    Ok(())
+}
+
+fn down(name: &str, run_dir: &Path) -> Result<(), LabError> {
+    let r = knit_lab::down(name, run_dir)?;
+    eprintln!("knit lab: removed {name}: {} namespaces, {} processes", r.namespaces.len(), r.processes.len());
+    Ok(())
+}
+
+fn exec(name: &str, run_dir: &Path, target: &str, cmd: &[String]) -> ExitCode {
+    let lab = match Lab::open(name, run_dir) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("knit lab: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let ns = match lab.netns(target) {
+        Ok(ns) => ns,
+        Err(e) => {
+            eprintln!("knit lab: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (prog, args) = match cmd.split_first() {
+        Some(x) => x,
+        None => return ExitCode::FAILURE,
+    };
+    let mut c = Command::new(prog);
+    c.args(args);
+    match ns.spawn(&mut c).map(|mut child| child.wait()) {
+        Ok(Ok(status)) => ExitCode::from(status.code().unwrap_or(1).clamp(0, 255) as u8),
+        Ok(Err(e)) => {
+            eprintln!("knit lab: {prog}: {e}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("knit lab: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn status(name: Option<&str>, run_dir: &Path) -> Result<(), LabError> {
+    let names = match name {
+        Some(n) => vec![n.to_string()],
+        None => knit_lab::build::list(run_dir)?,
+    };
+    if names.is_empty() {
+        println!("no labs");
+        return Ok(());
+    }
+    for n in names {
+        let namespaces = knit_lab::build::existing_namespaces(&n)?;
+        match Lab::open(&n, run_dir) {
+            Ok(lab) => {
+                let alive = lab.state.pids.iter().filter(|p| Path::new(&format!("/proc/{p}")).exists()).count();
+                println!(
+                    "{n}: {} nodes, {} pods, kube-proxy {}, underlay routes {}, {} namespaces, {}/{} processes running",
+                    lab.plan.topo.nodes.len(),
+                    lab.state.pods.len(),
+                    lab.state.kube_proxy,
+                    if lab.state.underlay_routes { "on" } else { "off" },
+                    namespaces.len(),
+                    alive,
+                    lab.state.pids.len()
+                );
+                if name.is_some() {
+                    let mut t = comfy_table::Table::new();
+                    t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
+                    t.set_header(["pod", "node", "kind", "addresses"]);
+                    for p in lab.state.pods.values() {
+                        let ips: Vec<String> = p.ips.iter().map(|(i, a)| format!("{i} {}", a.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(","))).collect();
+                        t.add_row([p.name.clone(), p.node.clone(), p.kind.as_str().to_string(), ips.join("  ")]);
+                    }
+                    println!("{t}");
+                }
+            }
+            Err(_) => println!("{n}: incomplete ({} namespaces; remove with knit lab down --name {n})", namespaces.len()),
+        }
+    }
+    Ok(())
+}
+
+fn serve(pod: &str, port: u16) -> Result<(), LabError> {
+    let server = knit_lab::serve::EchoServer::bind(pod, port).map_err(|e| LabError::Invalid(format!("bind port {port}: {e}")))?;
+    server.run().map_err(|e| LabError::Invalid(format!("echo server: {e}")))
+}
+
+fn matrix_cmd(build: &BuildArgs, json: bool, name: Option<String>) -> ExitCode {
+    match matrix_run(build, json, name) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("knit lab matrix: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn matrix_run(build: &BuildArgs, json: bool, name: Option<String>) -> Result<bool, LabError> {
+    let t0 = Instant::now();
+    let topo = load_topology(build.topology.as_deref())?;
+    let name = name.unwrap_or_else(|| format!("m{}", std::process::id()));
+    knit_lab::plan::validate_name(&name)?;
+    remove_on_interrupt(name.clone(), build.run_dir.clone());
+    let tty = std::io::stderr().is_terminal();
+    let phase = |p: &str| {
+        if tty {
+            eprint!("\r\x1b[2Kknit lab matrix: {p}…");
+        } else {
+            eprintln!("knit lab matrix: {p}");
+        }
+    };
+    let lab = Lab::up(topo, &options(build, &name, Serve::InProcess), &phase)?;
+    let setup = t0.elapsed();
+
+    let jobs = matrix::plan_cells(&lab.state);
+    let total = jobs.len();
+    let done = AtomicUsize::new(0);
+    let failed = AtomicUsize::new(0);
+    let t1 = Instant::now();
+    let tick = |c: &Cell| {
+        let d = done.fetch_add(1, Ordering::Relaxed) + 1;
+        let f = failed.fetch_add(usize::from(!c.ok), Ordering::Relaxed) + usize::from(!c.ok);
+        if tty && (d % 8 == 0 || d == total) {
+            eprint!("\r\x1b[2Kknit lab matrix: probing {d}/{total} cells, {f} failed, {:.1}s", t0.elapsed().as_secs_f64());
+            let _ = std::io::stderr().flush();
+        }
+    };
+    let cells = matrix::run(&lab, jobs, &tick);
+    let probes = t1.elapsed();
+    phase("teardown");
+    let t2 = Instant::now();
+    let teardown = lab.teardown();
+    let teardown_time = t2.elapsed();
+    if tty {
+        eprint!("\r\x1b[2K");
+    }
+    let cells = cells?;
+    teardown?;
+    let passed = cells.iter().filter(|c| c.ok).count();
+    let failed = cells.len() - passed;
+    let seconds = t0.elapsed().as_secs_f64();
+    if json {
+        let out = serde_json::json!({
+            "cells": cells,
+            "passed": passed,
+            "failed": failed,
+            "seconds": seconds,
+            "setup_seconds": setup.as_secs_f64(),
+            "probe_seconds": probes.as_secs_f64(),
+            "teardown_seconds": teardown_time.as_secs_f64(),
+            "kube_proxy": match build.kube_proxy { KubeProxy::Legacy => "legacy", KubeProxy::Modern => "modern" },
+            "underlay_routes": !build.no_underlay_routes,
+        });
+        println!("{out}");
+    } else {
+        println!("{}", matrix::table(&cells));
+        for c in cells.iter().filter(|c| !c.ok) {
+            println!("❌ {} → {} [{} {}]: {}", c.source, c.target, c.proto.as_str(), placement_name(c), c.detail);
+        }
+        println!(
+            "{} cells: {passed} passed, {failed} failed in {seconds:.1}s (setup {:.1}s, probes {:.1}s, teardown {:.1}s; kube-proxy {}{})",
+            cells.len(),
+            setup.as_secs_f64(),
+            probes.as_secs_f64(),
+            teardown_time.as_secs_f64(),
+            match build.kube_proxy {
+                KubeProxy::Legacy => "legacy",
+                KubeProxy::Modern => "modern",
+            },
+            if build.no_underlay_routes { ", no underlay routes" } else { "" }
+        );
+    }
+    Ok(failed == 0)
+}
+
+fn placement_name(c: &Cell) -> &'static str {
+    match c.placement {
+        matrix::Placement::SameNode => "same-node",
+        matrix::Placement::CrossNode => "cross-node",
+        matrix::Placement::External => "external",
+        matrix::Placement::Node => "node",
+    }
+}

@@ -1,0 +1,170 @@
+//! `knit lab matrix` end to end: the real binary builds a lab of namespaces, BIRD, kube-proxy
+//! rules and echo servers, probes every cell and removes everything.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use knit_testkit::bin;
+use serde_json::Value;
+
+fn small_topology() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/topologies/small.toml")
+}
+
+/// A lab name unique to this test run.
+fn lab_name(tag: &str) -> String {
+    format!("t{}{tag}", std::process::id())
+}
+
+fn knit(args: &[&str]) -> Output {
+    Command::new(bin("knit")).args(args).output().expect("run knit")
+}
+
+/// Runs `knit lab matrix --json --name <name> <extra>` and parses its JSON.
+fn matrix(name: &str, extra: &[&str]) -> (Output, Value) {
+    let mut args = vec!["lab", "matrix", "--json", "--name", name];
+    args.extend_from_slice(extra);
+    let out = knit(&args);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("matrix JSON: {e}\nstdout: {}\nstderr: {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    });
+    (out, v)
+}
+
+fn failures(v: &Value) -> Vec<String> {
+    v["cells"]
+        .as_array()
+        .expect("cells")
+        .iter()
+        .filter(|c| c["ok"] == false)
+        .map(|c| format!("{} -> {} [{} {}]: {}", c["source"], c["target"], c["proto"], c["placement"], c["detail"]))
+        .collect()
+}
+
+/// Nothing of lab `name` is left: no namespace, no directory, no BIRD.
+fn assert_gone(name: &str) {
+    let prefix = format!("knit-{name}-");
+    let left: Vec<String> = std::fs::read_dir("/run/netns")
+        .map(|rd| rd.flatten().filter_map(|e| e.file_name().to_str().map(String::from)).filter(|n| n.starts_with(&prefix)).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "namespaces left: {left:?}");
+    assert!(!Path::new("/run/knit/lab").join(name).exists(), "lab directory left");
+    let birds = Command::new("pgrep").args(["-f", &format!("/run/knit/lab/{name}/")]).output().expect("pgrep");
+    assert!(birds.stdout.is_empty(), "processes left: {}", String::from_utf8_lossy(&birds.stdout));
+}
+
+fn assert_all_pass(name: &str, extra: &[&str]) -> Value {
+    let (out, v) = matrix(name, extra);
+    let f = failures(&v);
+    assert!(f.is_empty(), "{} failing cells:\n{}", f.len(), f.join("\n"));
+    assert!(out.status.success(), "exit {:?}", out.status);
+    assert_eq!(v["failed"], 0);
+    assert!(v["passed"].as_u64().unwrap() > 0);
+    assert!(v["seconds"].as_f64().is_some());
+    assert_gone(name);
+    v
+}
+
+#[test]
+fn default_lab_passes_every_cell_with_legacy_kube_proxy() {
+    let v = assert_all_pass(&lab_name("leg"), &["--kube-proxy", "legacy"]);
+    // Every seed cell kind is there.
+    let cells = v["cells"].as_array().unwrap();
+    for placement in ["same-node", "cross-node", "external", "node"] {
+        assert!(cells.iter().any(|c| c["placement"] == placement), "no {placement} cell");
+    }
+    for proto in ["tcp", "udp", "icmp"] {
+        assert!(cells.iter().any(|c| c["proto"] == proto), "no {proto} cell");
+    }
+    assert!(cells.iter().any(|c| c["target"].as_str().unwrap().starts_with("nodeport ")));
+    assert!(cells.iter().any(|c| c["target"].as_str().unwrap().starts_with("svc ")));
+}
+
+#[test]
+fn default_lab_passes_every_cell_with_modern_kube_proxy() {
+    assert_all_pass(&lab_name("mod"), &["--kube-proxy", "modern"]);
+}
+
+#[test]
+fn second_topology_passes_too() {
+    let topo = small_topology();
+    assert_all_pass(&lab_name("small"), &["--topology", topo.to_str().unwrap()]);
+}
+
+#[test]
+fn without_underlay_routes_cross_node_overlay_underlay_cells_fail() {
+    let name = lab_name("nofix");
+    let (out, v) = matrix(&name, &["--kube-proxy", "legacy", "--no-underlay-routes"]);
+    assert_eq!(out.status.code(), Some(1), "a failing matrix exits 1");
+    let cells = v["cells"].as_array().unwrap();
+    let failed = |row: &str, col_prefix: &str, placement: &str| {
+        cells.iter().any(|c| c["ok"] == false && c["row"] == row && c["column"].as_str().unwrap().starts_with(col_prefix) && c["placement"] == placement)
+    };
+    // The seeds' failures: overlay → underlay and underlay → overlay, across nodes.
+    assert!(failed("overlay pod", "underlay pod", "cross-node"), "overlay → underlay cross-node should fail");
+    assert!(failed("underlay pod (node subnet)", "overlay pod", "cross-node"), "underlay → overlay cross-node should fail");
+    // Same-node paths don't need the fix.
+    let same_node_direct_fail = cells.iter().any(|c| c["ok"] == false && c["placement"] == "same-node" && !c["target"].as_str().unwrap().starts_with("svc "));
+    assert!(!same_node_direct_fail, "same-node pod cells must pass without the fix");
+    assert_gone(&name);
+}
+
+#[test]
+fn up_exec_status_down() {
+    let name = lab_name("up");
+    let topo = small_topology();
+    let out = knit(&["lab", "up", "--name", &name, "--topology", topo.to_str().unwrap()]);
+    let cleanup = scopeguard(&name);
+    assert!(out.status.success(), "up: {}", String::from_utf8_lossy(&out.stderr));
+
+    let st = knit(&["lab", "status", "--name", &name]);
+    let text = String::from_utf8_lossy(&st.stdout);
+    assert!(st.status.success() && text.contains("web-a") && text.contains("db-b"), "status: {text}");
+
+    // A pod reaches another pod's echo server (a `knit lab serve` process) across nodes.
+    let lab: Value = serde_json::from_str(&std::fs::read_to_string(format!("/run/knit/lab/{name}/state.json")).unwrap()).unwrap();
+    let web_b = lab["pods"]["web-b"]["ips"]["eth0"][0].as_str().unwrap().to_string();
+    let ping = knit(&["lab", "exec", "--name", &name, "web-a", "--", "ping", "-c", "1", "-W", "2", &web_b]);
+    assert!(ping.status.success(), "ping from web-a: {}", String::from_utf8_lossy(&ping.stdout));
+    // exec passes the command's exit status through.
+    let f = knit(&["lab", "exec", "--name", &name, "a1", "--", "false"]);
+    assert_eq!(f.status.code(), Some(1));
+    let bad = knit(&["lab", "exec", "--name", &name, "nosuch", "--", "true"]);
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("nosuch"));
+
+    // A second `up` with the same name is refused and leaves the first alone.
+    let again = knit(&["lab", "up", "--name", &name, "--topology", topo.to_str().unwrap()]);
+    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("exists"));
+    assert!(Path::new(&format!("/run/knit/lab/{name}/state.json")).exists());
+
+    let down = knit(&["lab", "down", "--name", &name]);
+    assert!(down.status.success(), "down: {}", String::from_utf8_lossy(&down.stderr));
+    assert_gone(&name);
+    // Idempotent.
+    assert!(knit(&["lab", "down", "--name", &name]).status.success());
+    drop(cleanup);
+}
+
+#[test]
+fn bad_topology_is_refused_naming_the_field_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(small_topology()).unwrap().replace("block_size = 27", "block_size = 40");
+    let p = dir.path().join("bad.toml");
+    std::fs::write(&p, text).unwrap();
+    let name = lab_name("bad");
+    let (out, _) = (knit(&["lab", "matrix", "--name", &name, "--topology", p.to_str().unwrap()]), ());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("block_size"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_gone(&name);
+}
+
+/// Removes the lab when the test panics.
+struct Guard(String);
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = Command::new(bin("knit")).args(["lab", "down", "--name", &self.0]).output();
+    }
+}
+fn scopeguard(name: &str) -> Guard {
+    Guard(name.to_string())
+}
