@@ -168,3 +168,33 @@ impl Drop for Guard {
 fn scopeguard(name: &str) -> Guard {
     Guard(name.to_string())
 }
+
+#[test]
+fn ctrl_c_while_building_removes_the_lab() {
+    let name = lab_name("int");
+    let _guard = scopeguard(&name);
+    let mut child = Command::new(bin("knit"))
+        .args(["lab", "matrix", "--name", &name])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn knit");
+    // Wait until the lab exists, then interrupt it.
+    let dir = Path::new("/run/knit/lab").join(&name);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !dir.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).expect("SIGINT");
+    let status = child.wait().expect("wait");
+    // 130 when interrupted; 0 if the whole matrix beat the signal.
+    assert!(matches!(status.code(), Some(130) | Some(0)), "exit {status:?}");
+    assert_gone(&name);
+}
+
+#[test]
+fn four_node_topology_with_mixed_services_passes() {
+    let topo = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/topologies/four.toml");
+    assert_all_pass(&lab_name("four"), &["--topology", topo.to_str().unwrap(), "--kube-proxy", "modern"]);
+}
