@@ -14,10 +14,12 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
 
 use knit_cni::RuntimeArgs;
 use knit_host::route::Route;
+use knit_host::testing::TestNet;
 use knit_host::{addr, guard, link, route, Handle, IpNet, Netns};
 use serde_json::Value;
 
@@ -27,7 +29,8 @@ use crate::stats::Samples;
 use crate::workspace::Workspace;
 use crate::{signals, Error, Options, Result};
 
-/// The node's uplink (and macvlan master) and its address; the gateway sits in the fabric.
+/// The underlay node's uplink (and macvlan master) and its address; the gateway sits in the
+/// fabric.
 const NODE_IF: &str = "eth0";
 const NODE_ADDR: &str = "172.16.1.2/16";
 const GATEWAY: &str = "172.16.0.1";
@@ -93,12 +96,6 @@ fn order(i: usize) -> [Item; 5] {
     o
 }
 
-/// The conflists of the run.
-struct Configs {
-    routed_knit: Chain,
-    routed_ref: Chain,
-    dirs: PluginDirs,
-}
 
 fn routed_knit_conflist(ws: &Workspace) -> String {
     format!(
@@ -159,12 +156,11 @@ fn index(item: Item) -> usize {
     }
 }
 
-/// One pod of one kind: its namespace, runtime arguments, chain (macvlan pods have their own
-/// address, so their own chain) and ADD result.
+/// One pod of one kind: its namespace, runtime arguments, chain and ADD result.
 struct Pod {
     _ns: Netns,
     rt: RuntimeArgs,
-    chain: Option<Chain>,
+    chain: Arc<Chain>,
     result: Option<Value>,
 }
 
@@ -173,28 +169,60 @@ pub fn run(n: usize, dirs: &PluginDirs, opts: &Options) -> Result<Report> {
         return Err(Error::Invalid(format!("--n {n}: cni-add-del supports at most {MAX_N} pods")));
     }
     dirs.require(&["knit-routed", "knit-ipam", "knit-coordinator", "ptp", "host-local", "macvlan", "static"])?;
+    // Two nodes: one for the routed pods (knit-routed and ptp), one for the underlay pods
+    // (macvlan with and without the coordinator), as a cluster would have them.
     let ws = Workspace::new("cni")?;
-    opts.progress(format!("node namespace {}, {n} pods of each kind", ws.tn.name()));
-    let cfg = Configs {
-        routed_knit: Chain::new(&routed_knit_conflist(&ws), dirs)?,
-        routed_ref: Chain::new(&routed_ref_conflist(&ws), dirs)?,
-        dirs: dirs.clone(),
-    };
-    setup_node(&ws)?;
-    let floor_ns = ws.tn.pod("floor")?;
-    // Everything below runs on one thread inside the node namespace; plugins inherit it.
-    let series = ws.tn.run(|| measure(n, &ws, &cfg, &floor_ns, opts))??;
+    let underlay = TestNet::new(crate::workspace::NS_PREFIX)?;
+    opts.progress(format!("node namespaces {} and {}, {n} pods of each kind", ws.tn.name(), underlay.name()));
+    let routed_knit = Arc::new(Chain::new(&routed_knit_conflist(&ws), dirs)?);
+    let routed_ref = Arc::new(Chain::new(&routed_ref_conflist(&ws), dirs)?);
+    setup_underlay_node(&underlay)?;
+    let nodes = [&ws.tn, &underlay];
+    let floors = [ws.tn.pod("floor")?, underlay.pod("floor")?];
+
+    let series = std::thread::scope(|sc| -> Result<Series> {
+        let mut workers = Vec::new();
+        for (tn, floor) in nodes.iter().zip(&floors) {
+            let (jobs, rx) = mpsc::channel::<Job>();
+            let (tx, replies) = mpsc::channel::<Reply>();
+            let handle = sc.spawn(move || tn.run(|| node_worker(rx, tx, floor)).map_err(Error::from).and_then(|r| r));
+            workers.push((Worker { jobs, replies }, handle));
+        }
+        let res = {
+            let w: Vec<&Worker> = workers.iter().map(|(w, _)| w).collect();
+            measure(n, [w[0], w[1]], nodes, &routed_knit, &routed_ref, dirs, opts)
+        };
+        // Closing the job channels ends the node threads; a node thread's own error (it could
+        // not start) explains a driver error better than "node thread ended".
+        let mut worker_err = None;
+        for (w, h) in workers {
+            drop(w);
+            match h.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    worker_err.get_or_insert(e);
+                }
+                Err(p) => std::panic::resume_unwind(p),
+            }
+        }
+        match (res, worker_err) {
+            (Err(Error::Interrupted), _) => Err(Error::Interrupted),
+            (_, Some(e)) => Err(e),
+            (res, None) => res,
+        }
+    })?;
     Ok(report(n, &series))
 }
 
-/// The node's uplink: `eth0` (172.16.1.2/16, default via 172.16.0.1) into a fabric namespace
-/// that holds the gateway. It is the macvlan master; the coordinator finds the node IP on it.
-fn setup_node(ws: &Workspace) -> Result<()> {
-    let fabric = ws.tn.pod("fabric")?;
-    let (node_idx, fabric_idx) = ws.tn.link(ws.tn.host(), NODE_IF, &fabric, "p0")?;
+/// The underlay node's uplink: `eth0` (172.16.1.2/16, default via 172.16.0.1) into a fabric
+/// namespace holding the gateway. It is the macvlan master; the coordinator finds the node IP
+/// on it.
+fn setup_underlay_node(tn: &TestNet) -> Result<()> {
+    let fabric = tn.pod("fabric")?;
+    let (node_idx, fabric_idx) = tn.link(tn.host(), NODE_IF, &fabric, "p0")?;
     let hf = Handle::in_netns(&fabric)?;
     addr::add(&hf, &addr::Address::new(fabric_idx, net(&format!("{GATEWAY}/16"))?))?;
-    let hn = Handle::in_netns(ws.tn.host())?;
+    let hn = Handle::in_netns(tn.host())?;
     addr::add(&hn, &addr::Address::new(node_idx, net(NODE_ADDR)?))?;
     let gw: IpAddr = GATEWAY.parse().map_err(|e| Error::Setup(format!("{GATEWAY}: {e}")))?;
     route::add(&hn, &Route::via(net("0.0.0.0/0")?, gw, Some(node_idx)))?;
@@ -216,12 +244,100 @@ fn progress(opts: &Options, phase: &str, i: usize, n: usize) {
     }
 }
 
-/// Runs on a thread inside the node namespace.
-fn measure(n: usize, ws: &Workspace, cfg: &Configs, floor_ns: &Netns, opts: &Options) -> Result<Series> {
+/// Work for a node's thread. Everything a job needs is owned, so it crosses the channel.
+enum Job {
+    Add(Arc<Chain>, RuntimeArgs),
+    Del(Arc<Chain>, RuntimeArgs, Option<Value>),
+    /// Start `/bin/true` and wait for it.
+    Process,
+    /// Create a veth pair (untimed), then time its deletion.
+    VethDel,
+}
+
+enum Reply {
+    Added(Duration, Result<Value, knit_cni::CniError>),
+    Deleted(Duration, Result<(), knit_cni::CniError>),
+    Floor(Result<Duration, String>),
+}
+
+/// The driver's end of a node thread.
+struct Worker {
+    jobs: mpsc::Sender<Job>,
+    replies: mpsc::Receiver<Reply>,
+}
+
+impl Worker {
+    fn call(&self, job: Job) -> Result<Reply> {
+        self.jobs.send(job).map_err(|_| Error::Setup("node thread ended".into()))?;
+        self.replies.recv().map_err(|_| Error::Setup("node thread ended".into()))
+    }
+}
+
+/// Runs on a thread inside a node namespace: plugins and floors it runs inherit the namespace.
+fn node_worker(jobs: mpsc::Receiver<Job>, replies: mpsc::Sender<Reply>, floor_ns: &Netns) -> Result<()> {
     if guard::in_root_netns()? {
         return Err(Error::Setup("refusing to run plugins in the root network namespace".into()));
     }
     let host = Handle::new()?;
+    for job in jobs {
+        let reply = match job {
+            Job::Add(chain, rt) => {
+                let t = Instant::now();
+                let r = chain.add(&rt);
+                Reply::Added(t.elapsed(), r)
+            }
+            Job::Del(chain, rt, prev) => {
+                let t = Instant::now();
+                let r = chain.del(&rt, prev.as_ref());
+                Reply::Deleted(t.elapsed(), r)
+            }
+            Job::Process => {
+                let t = Instant::now();
+                let st = Command::new("/bin/true").stdin(Stdio::null()).status();
+                let d = t.elapsed();
+                Reply::Floor(match st {
+                    Ok(st) if st.success() => Ok(d),
+                    Ok(st) => Err(format!("/bin/true exited with {st}")),
+                    Err(e) => Err(format!("starting /bin/true: {e}")),
+                })
+            }
+            Job::VethDel => {
+                // A veth pair like a pod's: peer in another namespace, both ends up.
+                let opts = link::VethOptions { up: true, ..Default::default() };
+                let r = link::create_veth(&host, "kbfloor0", "eth0", Some(floor_ns), &opts).and_then(|idx| {
+                    let t = Instant::now();
+                    link::delete(&host, idx).map(|()| t.elapsed())
+                });
+                Reply::Floor(r.map_err(|e| format!("veth deletion floor: {e}")))
+            }
+        };
+        if replies.send(reply).is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Which node an item runs on: routed pods on node 0, underlay pods on node 1, the floors
+/// alternating.
+fn node_of(item: Item, i: usize) -> usize {
+    match item {
+        Item::RoutedKnit | Item::RoutedRef => 0,
+        Item::MacvlanKnit | Item::MacvlanRef => 1,
+        Item::Floor => i % 2,
+    }
+}
+
+/// The driver: creates pods (untimed) and sends the timed work to the node threads.
+fn measure(
+    n: usize,
+    workers: [&Worker; 2],
+    nodes: [&TestNet; 2],
+    routed_knit: &Arc<Chain>,
+    routed_ref: &Arc<Chain>,
+    dirs: &PluginDirs,
+    opts: &Options,
+) -> Result<Series> {
     let mut s = Series::default();
     let mut pods: Vec<[Option<Pod>; 4]> = Vec::with_capacity(n);
 
@@ -231,13 +347,14 @@ fn measure(n: usize, ws: &Workspace, cfg: &Configs, floor_ns: &Netns, opts: &Opt
         let mut row: [Option<Pod>; 4] = [None, None, None, None];
         for item in [Item::RoutedKnit, Item::RoutedRef, Item::MacvlanKnit, Item::MacvlanRef] {
             let name = format!("{}{i}", item.tag());
-            let ns = ws.tn.pod(&name)?;
+            let ns = nodes[node_of(item, i)].pod(&name)?;
             let cid = container_id(i, item.kind());
             let netns = ns.path().map(|p| p.display().to_string()).unwrap_or_default();
             let chain = match item {
-                Item::MacvlanKnit => Some(Chain::new(&macvlan_conflist(i, true), &cfg.dirs)?),
-                Item::MacvlanRef => Some(Chain::new(&macvlan_conflist(i, false), &cfg.dirs)?),
-                _ => None,
+                Item::MacvlanKnit => Arc::new(Chain::new(&macvlan_conflist(i, true), dirs)?),
+                Item::MacvlanRef => Arc::new(Chain::new(&macvlan_conflist(i, false), dirs)?),
+                Item::RoutedKnit => routed_knit.clone(),
+                _ => routed_ref.clone(),
             };
             let rt = RuntimeArgs {
                 args: pod_args(&format!("pod-{name}"), &cid),
@@ -249,29 +366,24 @@ fn measure(n: usize, ws: &Workspace, cfg: &Configs, floor_ns: &Netns, opts: &Opt
             row[index(item)] = Some(Pod { _ns: ns, rt, chain, result: None });
         }
         for item in order(i) {
+            let w = workers[node_of(item, i)];
             if item == Item::Floor {
-                let t = Instant::now();
-                let st = Command::new("/bin/true").stdin(Stdio::null()).status();
-                let d = t.elapsed();
-                match st {
-                    Ok(st) if st.success() => s.process.push(d),
-                    Ok(st) => return Err(Error::Setup(format!("/bin/true exited with {st}"))),
-                    Err(e) => return Err(Error::Setup(format!("starting /bin/true: {e}"))),
+                match w.call(Job::Process)? {
+                    Reply::Floor(Ok(d)) => s.process.push(d),
+                    Reply::Floor(Err(e)) => return Err(Error::Setup(e)),
+                    _ => return Err(Error::Setup("unexpected reply from a node thread".into())),
                 }
                 continue;
             }
             let k = index(item);
             let Some(pod) = row[k].as_mut() else { continue };
-            let chain = pod.chain.as_ref().unwrap_or(match item {
-                Item::RoutedKnit => &cfg.routed_knit,
-                _ => &cfg.routed_ref,
-            });
-            let t = Instant::now();
-            let res = chain.add(&pod.rt);
-            let d = t.elapsed();
-            let res = res.map_err(plugin_err(format!("ADD {} pod {i}", item.tag())))?;
-            s.add[k].push(d);
-            pod.result = Some(res);
+            match w.call(Job::Add(pod.chain.clone(), pod.rt.clone()))? {
+                Reply::Added(d, res) => {
+                    pod.result = Some(res.map_err(plugin_err(format!("ADD {} pod {i}", item.tag())))?);
+                    s.add[k].push(d);
+                }
+                _ => return Err(Error::Setup("unexpected reply from a node thread".into())),
+            }
         }
         pods.push(row);
         progress(opts, "ADD", i, n);
@@ -280,26 +392,24 @@ fn measure(n: usize, ws: &Workspace, cfg: &Configs, floor_ns: &Netns, opts: &Opt
     for (i, row) in pods.iter().enumerate() {
         signals::check()?;
         for item in order(i) {
+            let w = workers[node_of(item, i)];
             if item == Item::Floor {
-                // Untimed: a veth pair like a pod's, peer in another namespace, both ends up.
-                let opts = link::VethOptions { up: true, ..Default::default() };
-                let idx = link::create_veth(&host, "kbfloor0", "eth0", Some(floor_ns), &opts)?;
-                let t = Instant::now();
-                link::delete(&host, idx)?;
-                s.veth_del.push(t.elapsed());
+                match w.call(Job::VethDel)? {
+                    Reply::Floor(Ok(d)) => s.veth_del.push(d),
+                    Reply::Floor(Err(e)) => return Err(Error::Setup(e)),
+                    _ => return Err(Error::Setup("unexpected reply from a node thread".into())),
+                }
                 continue;
             }
             let k = index(item);
             let Some(pod) = row[k].as_ref() else { continue };
-            let chain = pod.chain.as_ref().unwrap_or(match item {
-                Item::RoutedKnit => &cfg.routed_knit,
-                _ => &cfg.routed_ref,
-            });
-            let t = Instant::now();
-            let res = chain.del(&pod.rt, pod.result.as_ref());
-            let d = t.elapsed();
-            res.map_err(plugin_err(format!("DEL {} pod {i}", item.tag())))?;
-            s.del[k].push(d);
+            match w.call(Job::Del(pod.chain.clone(), pod.rt.clone(), pod.result.clone()))? {
+                Reply::Deleted(d, res) => {
+                    res.map_err(plugin_err(format!("DEL {} pod {i}", item.tag())))?;
+                    s.del[k].push(d);
+                }
+                _ => return Err(Error::Setup("unexpected reply from a node thread".into())),
+            }
         }
         progress(opts, "DEL", i, n);
     }

@@ -17,6 +17,33 @@ use crate::plan::{self, DevRoute, Facts, Plan, ResolvedMode, POD_VETH};
 
 const MAIN_TABLE: u32 = 254;
 
+/// Phase timings at debug level (`KNIT_LOG=knit_coordinator=debug`, with `KNIT_LOG_FILE` to
+/// collect them from under a runtime): where an ADD or a DEL spends its time. `knit bench
+/// cni-add-del` measures the whole; these spans say which part to look at.
+mod spans {
+    use std::cell::Cell;
+    use std::time::Instant;
+
+    thread_local! {
+        static LAST: Cell<Option<Instant>> = const { Cell::new(None) };
+    }
+
+    /// Logs the time since the previous mark (or since `start`) under `phase`.
+    pub fn mark(phase: &str) {
+        if !tracing::enabled!(tracing::Level::DEBUG) {
+            return;
+        }
+        let now = Instant::now();
+        let us = LAST.with(|l| l.replace(Some(now))).map(|t| (now - t).as_micros() as u64).unwrap_or(0);
+        tracing::debug!(phase, us, "span");
+    }
+
+    pub fn start() {
+        LAST.with(|l| l.set(Some(Instant::now())));
+    }
+}
+use spans::mark;
+
 fn herr(ctx: impl Into<String>) -> impl FnOnce(knit_host::Error) -> CniError {
     let ctx = ctx.into();
     move |e| CniError::generic(format!("{ctx}: {e}"))
@@ -26,41 +53,76 @@ fn herr(ctx: impl Into<String>) -> impl FnOnce(knit_host::Error) -> CniError {
 const NOT_NODE_IFACES: &[&str] =
     &["lo", "veth", "cali", "docker", "cbr", "virbr", "lxcbr", "cni", "flannel", "kube-ipvs", "vx-submariner", "cilium", "knit", "vxlan"];
 
+/// Above this many interfaces carrying global addresses, one link dump is cheaper than a
+/// lookup per interface.
+const LINK_LOOKUPS_MAX: usize = 16;
+
 /// The node's IPs, best first: the one in the pod's subnet, then those on the default route's
 /// device, then the rest (global scope only).
+///
+/// Cost matters here (it runs in every ADD and DEL): a node with many pods has hundreds of
+/// links and routes, so this reads the address list (small records), looks up only the
+/// interfaces that carry a global address, and reads the routing table only when a family
+/// has several candidates and none in the pod's subnet.
 pub fn node_ips(host: &Handle, pod_ips: &[IpNet]) -> Result<Vec<IpAddr>, CniError> {
-    let links = link::list(host).map_err(herr("listing host links"))?;
-    let usable: Vec<u32> = links
-        .iter()
-        .filter(|l| !NOT_NODE_IFACES.iter().any(|p| l.name.starts_with(p)))
-        .map(|l| l.index)
+    let addrs: Vec<addr::Address> = addr::list(host, None, None)
+        .map_err(herr("listing host addresses"))?
+        .into_iter()
+        .filter(|a| a.scope == Scope::Universe)
         .collect();
-    let addrs = addr::list(host, None, None).map_err(herr("listing host addresses"))?;
-    let mut cands: Vec<(u8, IpNet, u32)> = Vec::new();
+    let mut indexes: Vec<u32> = addrs.iter().map(|a| a.index).collect();
+    indexes.sort_unstable();
+    indexes.dedup();
+    let usable_name = |name: &str| !NOT_NODE_IFACES.iter().any(|p| name.starts_with(p));
+    let usable: Vec<u32> = if indexes.len() > LINK_LOOKUPS_MAX {
+        link::list(host)
+            .map_err(herr("listing host links"))?
+            .into_iter()
+            .filter(|l| indexes.binary_search(&l.index).is_ok() && usable_name(&l.name))
+            .map(|l| l.index)
+            .collect()
+    } else {
+        let mut out = Vec::new();
+        for &i in &indexes {
+            if let Some(l) = link::get_by_index(host, i).map_err(herr("reading host links"))? {
+                if usable_name(&l.name) {
+                    out.push(i);
+                }
+            }
+        }
+        out
+    };
+    let in_pod_subnet = |a: &addr::Address| pod_ips.iter().any(|p| a.net.contains(&p.addr()));
+    let cands: Vec<&addr::Address> = addrs.iter().filter(|a| usable.contains(&a.index)).collect();
+    // The default route's devices matter only to order candidates of a family that has
+    // several and none in the pod's subnet.
     let mut default_oifs = Vec::new();
     for f in [Family::V4, Family::V6] {
-        if let Ok(rs) = route::list(host, f, Some(MAIN_TABLE)) {
-            default_oifs.extend(rs.iter().filter(|r| r.is_default()).filter_map(|r| r.oif));
+        let of_f: Vec<&&addr::Address> = cands.iter().filter(|a| Family::of_net(&a.net) == f).collect();
+        if of_f.len() > 1 && !of_f.iter().any(|a| in_pod_subnet(a)) {
+            if let Ok(rs) = route::list(host, f, Some(MAIN_TABLE)) {
+                default_oifs.extend(rs.iter().filter(|r| r.is_default()).filter_map(|r| r.oif));
+            }
         }
     }
-    for a in addrs {
-        if a.scope != Scope::Universe || !usable.contains(&a.index) {
-            continue;
-        }
-        let rank = if pod_ips.iter().any(|p| a.net.contains(&p.addr())) {
-            0
-        } else if default_oifs.contains(&a.index) {
-            1
-        } else {
-            2
-        };
-        cands.push((rank, a.net, a.index));
-    }
-    cands.sort_by_key(|c| c.0);
+    let mut ranked: Vec<(u8, IpAddr)> = cands
+        .iter()
+        .map(|a| {
+            let rank = if in_pod_subnet(a) {
+                0
+            } else if default_oifs.contains(&a.index) {
+                1
+            } else {
+                2
+            };
+            (rank, a.net.addr())
+        })
+        .collect();
+    ranked.sort_by_key(|c| c.0);
     let mut out: Vec<IpAddr> = Vec::new();
-    for (_, n, _) in cands {
-        if !out.contains(&n.addr()) {
-            out.push(n.addr());
+    for (_, ip) in ranked {
+        if !out.contains(&ip) {
+            out.push(ip);
         }
     }
     Ok(out)
@@ -68,6 +130,7 @@ pub fn node_ips(host: &Handle, pod_ips: &[IpNet]) -> Result<Vec<IpAddr>, CniErro
 
 /// Reads the facts the plan needs from the pod and the node.
 fn read_facts(conf: &Conf, ifname: &str, prev: &CniResult, host: &Handle, pod: &Handle) -> Result<Facts, CniError> {
+    mark("facts: begin");
     let links = link::list(pod).map_err(herr("listing pod links"))?;
     let mut facts = Facts { pod_links: links.iter().map(|l| l.name.clone()).collect(), ..Facts::default() };
     let nic = links.iter().find(|l| l.name == ifname);
@@ -100,8 +163,10 @@ fn read_facts(conf: &Conf, ifname: &str, prev: &CniResult, host: &Handle, pod: &
         let rules = rule::list(pod, f).map_err(herr("listing pod rules"))?;
         facts.used_tables.extend(rules.iter().filter(|r| r.from.is_some()).map(|r| r.table));
     }
+    mark("facts: pod links, addresses, routes, rules");
     let pod_ips: Vec<IpNet> = prev.ips.iter().map(|i| i.address).collect();
     facts.node_ips = if conf.node_ips.is_empty() { node_ips(host, &pod_ips)? } else { conf.node_ips.clone() };
+    mark("facts: node IPs");
     Ok(facts)
 }
 
@@ -164,32 +229,135 @@ fn set_sysctls(kv: &[(String, String)]) -> knit_host::Result<()> {
     Ok(())
 }
 
+/// Interface indexes by name, looked up once per install (several routes name one device).
+struct Indexes<'a> {
+    h: &'a Handle,
+    known: Vec<(String, u32)>,
+}
+
+impl<'a> Indexes<'a> {
+    fn new(h: &'a Handle) -> Indexes<'a> {
+        Indexes { h, known: Vec::new() }
+    }
+
+    fn learn(&mut self, name: &str, index: u32) {
+        self.known.retain(|(n, _)| n != name);
+        self.known.push((name.to_string(), index));
+    }
+
+    fn get(&mut self, name: &str) -> Result<u32, CniError> {
+        if let Some((_, i)) = self.known.iter().find(|(n, _)| n == name) {
+            return Ok(*i);
+        }
+        let i = link::index_of(self.h, name).map_err(herr(format!("finding {name}")))?;
+        self.known.push((name.to_string(), i));
+        Ok(i)
+    }
+
+    fn resolve(&mut self, r: &DevRoute) -> Result<Route, CniError> {
+        let mut route = r.route.clone();
+        if let Some(dev) = &r.dev {
+            route.oif = Some(self.get(dev)?);
+        }
+        Ok(route)
+    }
+}
+
+/// The pod-side work that needs a thread inside the pod's namespace: the reply-steering
+/// iptables rules (a helper process, the slowest step of an ADD) and the pod sysctls. It runs
+/// beside the netlink work of [`install`] and is waited for before ADD succeeds; dropping it
+/// (an early error) also waits, so no helper outlives the plugin's decision.
+struct PodHelper {
+    sysctls: Option<std::sync::mpsc::Sender<Vec<(String, String)>>>,
+    handle: Option<std::thread::JoinHandle<knit_host::Result<()>>>,
+}
+
+impl PodHelper {
+    fn start(plan: &Plan, pod_ns: &Netns) -> Result<PodHelper, CniError> {
+        let mangle = plan.pod_mangle.clone();
+        let ns = pod_ns.try_clone().map_err(herr("opening the pod netns"))?;
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<(String, String)>>();
+        let handle = std::thread::Builder::new()
+            .name("knit-coordinator-pod".into())
+            .spawn(move || {
+                ns.try_run(move || -> knit_host::Result<()> {
+                    // This thread is inside the pod: iptables-restore inherits the namespace.
+                    for (f, text) in &mangle {
+                        firewall::iptables_restore(None, *f, text, true)?;
+                    }
+                    // The sysctls name veth0, which exists once install sends them.
+                    if let Ok(kv) = rx.recv() {
+                        set_sysctls(&kv)?;
+                    }
+                    Ok(())
+                })
+            })
+            .map_err(|e| CniError::generic(format!("starting the pod helper thread: {e}")))?;
+        Ok(PodHelper { sysctls: Some(tx), handle: Some(handle) })
+    }
+
+    fn set_sysctls(&mut self, kv: Vec<(String, String)>) {
+        if let Some(tx) = self.sysctls.take() {
+            let _ = tx.send(kv);
+        }
+    }
+
+    fn wait(&mut self) -> Result<(), CniError> {
+        self.sysctls = None;
+        match self.handle.take().map(|h| h.join()) {
+            None | Some(Ok(Ok(()))) => Ok(()),
+            Some(Ok(Err(e))) => Err(herr("setting up the pod's reply steering and sysctls")(e)),
+            Some(Err(_)) => Err(CniError::generic("the pod helper thread panicked")),
+        }
+    }
+}
+
+impl Drop for PodHelper {
+    fn drop(&mut self) {
+        let _ = self.wait();
+    }
+}
+
 /// Installs the plan. Returns after a full success, or rolls back what it did.
-fn install(plan: &Plan, host: &Handle, pod: &Handle, pod_ns: &Netns) -> Result<(), CniError> {
+fn install(plan: &Plan, host: &Handle, pod: &Handle, pod_ns: &Netns, pod_links: &[String]) -> Result<(), CniError> {
     let mut rb = Rollback { host, pod, steps: Vec::new(), armed: true };
-    let nic_index = link::index_of(pod, &plan.ifname).map_err(herr(format!("finding {}", plan.ifname)))?;
+    let mut helper = if plan.pod_mangle.is_empty() { None } else { Some(PodHelper::start(plan, pod_ns)?) };
+    let mut pod_idx = Indexes::new(pod);
+    let mut host_idx = Indexes::new(host);
+    let nic_index = pod_idx.get(&plan.ifname)?;
 
     if let Some(v) = &plan.veth {
         // A stale host veth of the same name belongs to an earlier sandbox of this container.
         link::delete_by_name(host, &v.host).map_err(herr("removing a stale host veth"))?;
-        if let Some(stale) = link::get_by_name(pod, &v.pod).map_err(herr("reading pod links"))? {
-            link::delete(pod, stale.index).map_err(herr("removing a stale veth0"))?;
+        if pod_links.iter().any(|l| l == &v.pod) {
+            if let Some(stale) = link::get_by_name(pod, &v.pod).map_err(herr("reading pod links"))? {
+                link::delete(pod, stale.index).map_err(herr("removing a stale veth0"))?;
+            }
         }
-        let opts = link::VethOptions { mtu: Some(v.mtu), mac: None, peer_mac: None, up: true };
+        // Created down and brought up here through the handles we have (creating it "up"
+        // would open one more socket inside the pod).
+        let opts = link::VethOptions { mtu: Some(v.mtu), mac: None, peer_mac: None, up: false };
         let hidx = link::create_veth(host, &v.host, &v.pod, Some(pod_ns), &opts).map_err(herr("creating the veth pair"))?;
         rb.steps.push(Undo::HostLink(hidx));
+        host_idx.learn(&v.host, hidx);
         let pidx = link::index_of(pod, &v.pod).map_err(herr("finding veth0"))?;
+        pod_idx.learn(&v.pod, pidx);
         link::set_up(pod, pidx).map_err(herr("bringing veth0 up"))?;
         link::set_up(host, hidx).map_err(herr("bringing the host veth up"))?;
         if let Some(a) = v.link_address {
             addr::add(pod, &addr::Address::new(pidx, a)).map_err(herr("adding vethLinkAddress"))?;
         }
+        mark("install: veth pair");
     }
     link::set_up(pod, nic_index).map_err(herr(format!("bringing {} up", plan.ifname)))?;
 
     if !plan.pod_sysctls.is_empty() {
         let kv = plan.pod_sysctls.clone();
-        pod_ns.try_run(move || set_sysctls(&kv)).map_err(herr("setting pod sysctls"))?;
+        match helper.as_mut() {
+            // arp_notify must be on before a MAC change, so with podMACPrefix they go in now.
+            Some(h) if plan.pod_mac.is_none() => h.set_sysctls(kv),
+            _ => pod_ns.try_run(move || set_sysctls(&kv)).map_err(herr("setting pod sysctls"))?,
+        }
     }
     if let Some(mac) = plan.pod_mac {
         // arp_notify=1 (set above) makes the kernel send the gratuitous ARP for the new MAC.
@@ -198,9 +366,10 @@ fn install(plan: &Plan, host: &Handle, pod: &Handle, pod_ns: &Netns) -> Result<(
     if let Some(q) = plan.txqlen {
         link::set_txqlen(pod, nic_index, q).map_err(herr("setting txQueueLen"))?;
     }
+    mark("install: pod sysctls, mac, txqlen");
 
     for r in &plan.pod_routes {
-        let route = resolve(pod, r)?;
+        let route = pod_idx.resolve(r)?;
         match route::add(pod, &route) {
             Ok(()) => rb.steps.push(Undo::PodRoute(route)),
             Err(e) if e.is_exists() => {}
@@ -208,7 +377,7 @@ fn install(plan: &Plan, host: &Handle, pod: &Handle, pod_ns: &Netns) -> Result<(
         }
     }
     for r in &plan.pod_routes_del {
-        let route = resolve(pod, r)?;
+        let route = pod_idx.resolve(r)?;
         if let Err(e) = route::del(pod, &route) {
             if !e.is_not_found() {
                 return Err(herr(format!("moving pod route {r} out of main"))(e));
@@ -220,9 +389,7 @@ fn install(plan: &Plan, host: &Handle, pod: &Handle, pod_ns: &Netns) -> Result<(
             rb.steps.push(Undo::PodRule(r.clone()));
         }
     }
-    for (f, text) in &plan.pod_mangle {
-        firewall::iptables_restore(Some(pod_ns), *f, text, true).map_err(herr("installing the pod's reply-steering rules"))?;
-    }
+    mark("install: pod routes and rules");
 
     // Host side (this thread is in the node's namespace).
     set_sysctls(&plan.host_sysctls).map_err(herr("setting host sysctls"))?;
@@ -230,28 +397,36 @@ fn install(plan: &Plan, host: &Handle, pod: &Handle, pod_ns: &Netns) -> Result<(
         // The shared rule stays on rollback and DEL: other pods use it.
         add_rule(host, r)?;
     }
+    mark("install: host sysctls and rules");
     for r in &plan.host_routes {
-        let route = resolve(host, r)?;
-        clear_stale(host, &route)?;
-        route::add(host, &route).map_err(herr(format!("adding host route {r}")))?;
+        let route = host_idx.resolve(r)?;
+        clear_stale_neighbours(host, &route);
+        // Replace: a route left for this IP by an earlier pod (same table, same metric) is
+        // taken over in one step, without listing the table.
+        route::replace(host, &route).map_err(herr(format!("adding host route {r}")))?;
         rb.steps.push(Undo::HostRoute(route));
     }
+    mark("install: host routes");
+    if let Some(h) = helper.as_mut() {
+        h.wait()?;
+    }
+    mark("install: pod mangle rules and sysctls (waited for)");
     rb.armed = false;
     Ok(())
 }
 
-/// Removes table-500 routes and neighbour entries left for this IP by an earlier pod.
-fn clear_stale(host: &Handle, want: &Route) -> Result<(), CniError> {
-    let routes = route::list(host, want.family(), Some(want.table)).map_err(herr("listing host routes"))?;
-    for r in routes.iter().filter(|r| r.dst == want.dst) {
-        let _ = route::del(host, r);
-    }
+/// `ip/32` or `ip/128`.
+fn host_prefix(ip: IpAddr) -> IpNet {
+    IpNet::from(ip)
+}
+
+/// Removes neighbour entries left for the pod's IP by an earlier pod.
+fn clear_stale_neighbours(host: &Handle, want: &Route) {
     if let Ok(ns) = neigh::list(host, Some(want.family()), None) {
         for n in ns.iter().filter(|n| n.ip == want.dst.addr()) {
             let _ = neigh::del(host, n.index, n.ip);
         }
     }
-    Ok(())
 }
 
 pub struct Coordinator;
@@ -271,6 +446,7 @@ impl Coordinator {
 
 impl Plugin for Coordinator {
     fn add(&self, args: &CmdArgs) -> Result<CniResult, CniError> {
+        spans::start();
         let conf = Conf::parse(&args.stdin)?;
         let prev = Self::prev(args)?;
         if conf.mode == crate::config::Mode::Disabled {
@@ -278,10 +454,11 @@ impl Plugin for Coordinator {
         }
         let (pod_ns, pod) = Self::open_pod(args)?;
         let host = Handle::new().map_err(herr("opening netlink"))?;
+        mark("add: config, netlink sockets");
         let facts = read_facts(&conf, &args.ifname, &prev, &host, &pod)?;
         let plan = plan::plan(&conf, &args.ifname, &args.container_id, &prev, &facts)?;
         tracing::debug!(?plan, "coordinator plan");
-        install(&plan, &host, &pod, &pod_ns)?;
+        install(&plan, &host, &pod, &pod_ns, &facts.pod_links)?;
         Ok(prev)
     }
 
@@ -289,6 +466,7 @@ impl Plugin for Coordinator {
     /// config that no longer validates is logged and cleaned up with the defaults: a pod must
     /// always be removable.
     fn del(&self, args: &CmdArgs) -> Result<(), CniError> {
+        spans::start();
         let conf = match Conf::parse(&args.stdin) {
             Ok(c) => c,
             Err(e) => {
@@ -304,6 +482,7 @@ impl Plugin for Coordinator {
         let pod = if args.netns.is_empty() { None } else { Self::open_pod(args).ok() };
         let is_first = args.ifname == conf.pod_default_cni_nic;
         let veth_name = plan::host_veth_name(&args.container_id);
+        mark("del: config, netlink sockets");
 
         // The pod side, from the same plan ADD computed.
         if let Some((_, pod_h)) = &pod {
@@ -323,6 +502,7 @@ impl Plugin for Coordinator {
             }
         }
 
+        mark("del: pod side");
         // Host routes in the host rule table that point at this pod's devices.
         let mut devs: Vec<u32> = Vec::new();
         if is_first {
@@ -337,18 +517,22 @@ impl Plugin for Coordinator {
                 }
             }
         }
-        let ips: Vec<IpAddr> = prev.ips.iter().map(|i| i.address.addr()).collect();
-        for f in [Family::V4, Family::V6] {
-            let Ok(routes) = route::list(&host, f, Some(conf.host_rule_table)) else { continue };
-            for r in routes {
-                let ours = r.oif.is_some_and(|o| devs.contains(&o));
-                // The first NIC owns its host veth outright; on a shared host device (cali…)
-                // only this NIC's IPs are ours.
-                if ours && (ips.contains(&r.dst.addr()) || (is_first && ips.is_empty())) {
-                    let _ = route::del(&host, &r);
+        // Exactly the routes ADD made (`<ip>/32 dev <dev> scope link table <hostRuleTable>`),
+        // deleted by key rather than by listing the table: a node with many pods has many.
+        // Without a prevResult there is nothing to match; the first NIC's routes then go with
+        // its host veth below.
+        for ip in prev.ips.iter().map(|i| i.address.addr()) {
+            for &dev in &devs {
+                let mut r = Route::new(host_prefix(ip)).scope(Scope::Link).table(conf.host_rule_table);
+                r.oif = Some(dev);
+                if let Err(e) = route::del(&host, &r) {
+                    if !e.is_not_found() {
+                        tracing::debug!("DEL: host route {r}: {e}");
+                    }
                 }
             }
         }
+        mark("del: host routes");
         if let Some((_, pod_h)) = &pod {
             if is_first {
                 let _ = link::delete_by_name(pod_h, POD_VETH);
@@ -357,6 +541,7 @@ impl Plugin for Coordinator {
         if is_first {
             link::delete_by_name(&host, &veth_name).map_err(herr("deleting the host veth"))?;
         }
+        mark("del: veth pair");
         Ok(())
     }
 

@@ -14,6 +14,7 @@ mod error;
 pub mod firewall;
 pub mod guard;
 mod handle;
+pub mod inspect;
 pub mod link;
 pub mod neigh;
 pub mod netns;

@@ -699,6 +699,29 @@ mod tests {
     }
 
     #[test]
+    fn etcd_settings() {
+        let pools = r#""pools":[{"name":"p","cidr":"10.0.0.0/24"}]"#;
+        let parse = |extra: &str| IpamConfig::parse(format!(r#"{{"node":"n","store":"etcd",{extra}{pools}}}"#).as_bytes());
+        let c = parse(r#""etcdEndpoints":["https://e1:2379","https://e2:2379"],"etcdCAFile":"/ca.pem","etcdCertFile":"/c.pem","etcdKeyFile":"/k.pem","etcdTimeoutMs":500,"etcdNodeLock":false,"#).unwrap();
+        let StoreKind::Etcd(e) = c.store else { panic!("not etcd") };
+        assert_eq!(e.endpoints.len(), 2);
+        assert_eq!(e.ca_file, Some(PathBuf::from("/ca.pem")));
+        assert_eq!((e.timeout_ms, e.node_lock), (500, false));
+        let c = parse(r#""etcdEndpoints":["http://127.0.0.1:2379"],"#).unwrap();
+        assert_eq!(c.store, StoreKind::Etcd(EtcdConfig::new(vec!["http://127.0.0.1:2379".into()])));
+        for (extra, field) in [
+            (r#""#, "etcdEndpoints"),
+            (r#""etcdEndpoints":["127.0.0.1:2379"],"#, "etcdEndpoints[0]"),
+            (r#""etcdEndpoints":["http://e:2379"],"etcdCertFile":"/c.pem","#, "etcdKeyFile"),
+            (r#""etcdEndpoints":["http://e:2379"],"etcdTimeoutMs":0,"#, "etcdTimeoutMs"),
+        ] {
+            let e = parse(extra).unwrap_err();
+            assert_eq!(e.field(), Some(field), "{extra}: {e}");
+            assert_eq!(e.cni_code(), 7);
+        }
+    }
+
+    #[test]
     fn hostname_default() {
         let c = IpamConfig::parse(br#"{"pools":[{"name":"p","cidr":"10.0.0.0/24"}]}"#).unwrap();
         assert!(!c.node.is_empty());

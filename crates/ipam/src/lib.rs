@@ -1,4 +1,4 @@
-//! knit-ipam: IP pools with per-node blocks, fixed IPs and an embedded store.
+//! knit-ipam: IP pools with per-node blocks, fixed IPs, and an embedded or etcd store.
 //!
 //! # Layers
 //!
@@ -7,8 +7,9 @@
 //!   per-block free bitmaps and hash indexes; no I/O.
 //! * [`store`]: persistence behind the [`Store`] trait, at the granularity of one **block
 //!   record** per call (claim a block = create its record; claim or release an IP = a
-//!   compare-and-swap of its block's record, with the changed addresses as a hint). An etcd
-//!   store maps each call to one etcd transaction (see [`store`]); [`LocalStore`] implements it
+//!   compare-and-swap of its block's record, with the changed addresses as a hint).
+//!   [`EtcdStore`] makes each operation's writes one etcd transaction (see [`store::etcd`]),
+//!   recording (containerID, ifname) handles in the same transaction; [`LocalStore`] implements it
 //!   with files under one `flock` (per block: a snapshot plus an append-only journal, one
 //!   `write(2)` per change); [`MemStore`] is an optimistic in-memory model of etcd.
 //! * [`Ipam`]: runs one operation as a transaction: take the store's exclusive section, load the
@@ -91,7 +92,8 @@ pub struct Ipam<S: Store = AnyStore> {
 #[derive(Debug)]
 pub enum AnyStore {
     Local(LocalStore),
-    Etcd(EtcdStore),
+    /// Boxed: it holds a runtime and a client, far larger than a local store handle.
+    Etcd(Box<EtcdStore>),
 }
 
 impl AnyStore {
@@ -103,10 +105,10 @@ impl AnyStore {
                 Duration::from_millis(cfg.lock_timeout_ms),
                 cfg.fsync,
             )?)),
-            StoreKind::Etcd(e) => Ok(AnyStore::Etcd(EtcdStore::connect(
+            StoreKind::Etcd(e) => Ok(AnyStore::Etcd(Box::new(EtcdStore::connect(
                 e,
                 Some(&cfg.data_dir),
-            )?)),
+            )?))),
         }
     }
 
@@ -115,7 +117,7 @@ impl AnyStore {
     pub fn open_for_inspection(cfg: &IpamConfig) -> Result<AnyStore> {
         match &cfg.store {
             StoreKind::Local => Ok(AnyStore::Local(LocalStore::open_existing(&cfg.data_dir))),
-            StoreKind::Etcd(e) => Ok(AnyStore::Etcd(EtcdStore::connect(e, None)?)),
+            StoreKind::Etcd(e) => Ok(AnyStore::Etcd(Box::new(EtcdStore::connect(e, None)?))),
         }
     }
 }

@@ -146,7 +146,11 @@ fn verify(endpoint: &str, data: &Path, live: &HashMap<String, (String, Vec<IpAdd
             }
         }
     }
-    assert_eq!(st.allocated_count(), seen.len(), "allocations nobody reported");
+    assert_eq!(
+        st.allocated_count(),
+        seen.len(),
+        "allocations nobody reported"
+    );
     assert_eq!(handle_count(&ipam), seen.len(), "handles != allocations");
     let mut all: Vec<IpNet> = blocks.values().flatten().copied().collect();
     let n = all.len();
@@ -326,10 +330,16 @@ fn etcd_killed_mid_run() {
     for (code, elapsed, _, v) in &failures {
         assert_eq!(*code, Some(11), "failure other than code 11: {v}");
         // Request timeout 1 s; the node lock wait is bounded by 2 s.
-        assert!(*elapsed < Duration::from_secs(5), "failure took {elapsed:?}: {v}");
+        assert!(
+            *elapsed < Duration::from_secs(5),
+            "failure took {elapsed:?}: {v}"
+        );
     }
     // ADDs in flight at the kill may have finished; none can succeed for long without etcd.
-    assert!(while_down <= nodes * procs, "{while_down} ADDs succeeded while etcd was down");
+    assert!(
+        while_down <= nodes * procs,
+        "{while_down} ADDs succeeded while etcd was down"
+    );
     verify(&ep, data.path(), &live);
     let slowest = failures.iter().map(|f| f.1).max().unwrap();
     println!(

@@ -29,8 +29,7 @@ struct Backend {
 const OVERLAY: &str = r#"[{"name":"overlay","cidr":"10.233.64.0/18","blockSize":26}]"#;
 const DUAL: &str = r#"[{"name":"overlay","cidr":"10.233.64.0/18","blockSize":26},
     {"name":"overlay6","cidr":"fd00:10::/112","blockSize":122}]"#;
-const FIXED: &str =
-    r#"[{"name":"sts","cidr":"10.50.0.0/24","blockSize":28,"fixedIPs":true}]"#;
+const FIXED: &str = r#"[{"name":"sts","cidr":"10.50.0.0/24","blockSize":28,"fixedIPs":true}]"#;
 const TINY: &str = r#"[{"name":"tiny","cidr":"10.9.0.0/29","blockSize":30}]"#;
 
 impl Backend {
@@ -116,10 +115,16 @@ fn allocate_readd_release_del(b: &Backend) {
     assert_ne!(a, c2);
     assert!(i.lookup("c1", "eth0").unwrap().is_some());
     assert_eq!(i.release("c1", "eth0").unwrap(), vec![a]);
-    assert_eq!(i.release("c1", "eth0").unwrap(), Vec::<IpAddr>::new(), "DEL is idempotent");
+    assert_eq!(
+        i.release("c1", "eth0").unwrap(),
+        Vec::<IpAddr>::new(),
+        "DEL is idempotent"
+    );
     assert!(i.lookup("c1", "eth0").unwrap().is_none());
     // Another interface of one container is another attachment.
-    let e1 = i.allocate(&AllocRequest::new("c2", "net1")).unwrap().ips[0].address.addr();
+    let e1 = i.allocate(&AllocRequest::new("c2", "net1")).unwrap().ips[0]
+        .address
+        .addr();
     assert_ne!(e1, c2);
     let s = i.show().unwrap();
     assert_eq!(s.pools[0].used, 2);
@@ -252,7 +257,10 @@ fn fixed_ips_follow_the_pod(b: &Backend) {
     n1.release("c1", "eth0").unwrap();
     assert_eq!(n1.show().unwrap().pools[0].reserved, 1);
     // Not handed to anyone else while reserved.
-    let c = n1.allocate(&AllocRequest::new("y1", "eth0")).unwrap().addrs()[0];
+    let c = n1
+        .allocate(&AllocRequest::new("y1", "eth0"))
+        .unwrap()
+        .addrs()[0];
     assert_ne!(c, a);
     // Another container ID on another node gets it back.
     assert_eq!(n2.allocate(&req("c2")).unwrap().addrs()[0], a);

@@ -57,7 +57,11 @@ enum IpamSub {
         #[command(flatten)]
         store: StoreArgs,
         /// The pod identity NAMESPACE/NAME whose fixed IPs to free.
-        #[arg(long, required_unless_present = "container_id", conflicts_with = "container_id")]
+        #[arg(
+            long,
+            required_unless_present = "container_id",
+            conflicts_with = "container_id"
+        )]
         pod: Option<String>,
         /// The container whose attachment to release.
         #[arg(long)]
@@ -195,10 +199,7 @@ fn run_sub(c: IpamSub) -> Result<(), String> {
                 (format!("fixed IPs of {pod}"), ipam.release_fixed(&pod))
             } else {
                 let cid = container_id.unwrap_or_default();
-                (
-                    format!("{cid} {ifname}"),
-                    ipam.release(&cid, &ifname),
-                )
+                (format!("{cid} {ifname}"), ipam.release(&cid, &ifname))
             };
             let freed = freed.map_err(|e| e.msg())?;
             if freed.is_empty() {
@@ -216,7 +217,11 @@ fn run_sub(c: IpamSub) -> Result<(), String> {
         } => {
             let valid = parse_valid(&valid)?;
             let (ipam, _) = open(&store)?;
-            let mode = if fixed { GcMode::All } else { GcMode::KeepFixed };
+            let mode = if fixed {
+                GcMode::All
+            } else {
+                GcMode::KeepFixed
+            };
             let report = ipam.gc_cluster(&valid, mode).map_err(|e| e.msg())?;
             if json {
                 print_json(&report)?;
@@ -252,14 +257,20 @@ pub fn run(c: IpamCmd) -> ExitCode {
 /// configuration with an `ipam` key, or a conflist (the first plugin whose ipam is knit-ipam).
 pub fn load_config(path: &std::path::Path) -> Result<knit_ipam::IpamConfig, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
     let ipam = if let Some(plugins) = v.get("plugins").and_then(|p| p.as_array()) {
         plugins
             .iter()
             .filter_map(|p| p.get("ipam"))
             .find(|i| i.get("type").and_then(|t| t.as_str()) == Some("knit-ipam"))
             .cloned()
-            .ok_or_else(|| format!("{}: no plugin with a knit-ipam ipam section", path.display()))?
+            .ok_or_else(|| {
+                format!(
+                    "{}: no plugin with a knit-ipam ipam section",
+                    path.display()
+                )
+            })?
     } else if let Some(i) = v.get("ipam") {
         i.clone()
     } else {

@@ -50,6 +50,16 @@ struct BuildArgs {
     /// Where lab directories live.
     #[arg(long, default_value = DEFAULT_RUN_DIR)]
     run_dir: PathBuf,
+    /// `local`: knit-ipam's file store and BGP peers from the topology; `etcd`: one etcd in the
+    /// fabric, knit-ipam on etcd, and `knit node run` agents that find their peers there.
+    #[arg(long, value_enum, default_value = "local")]
+    datastore: DatastoreArg,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DatastoreArg {
+    Local,
+    Etcd,
 }
 
 #[derive(Subcommand)]
@@ -116,9 +126,10 @@ pub fn run(c: LabCmd) -> ExitCode {
         LabSub::Down { name, run_dir } => down(&name, &run_dir),
         LabSub::Exec { name, run_dir, target, cmd } => return exec(&name, &run_dir, &target, &cmd),
         LabSub::Status { name, run_dir } => status(name.as_deref(), &run_dir),
-        LabSub::Matrix { build, json, name } => return matrix_cmd(&build, json, name),
+        LabSub::Matrix { build, json, name } => return wait_if_interrupted(matrix_cmd(&build, json, name)),
         LabSub::Serve { pod, port } => serve(&pod, port),
     };
+    let res = if INTERRUPTED.load(Ordering::SeqCst) { wait_if_interrupted(ExitCode::FAILURE); res } else { res };
     match res {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -152,6 +163,15 @@ fn cni_path() -> Vec<PathBuf> {
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
+/// After Ctrl-C, the build or the probes fail as the lab vanishes under them; the watcher
+/// thread is removing the lab and exits with 130, so don't exit first with another code.
+fn wait_if_interrupted(code: ExitCode) -> ExitCode {
+    while INTERRUPTED.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    code
+}
+
 extern "C" fn on_signal(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
 }
@@ -171,8 +191,13 @@ fn remove_on_interrupt(name: String, run_dir: PathBuf) {
     std::thread::spawn(move || loop {
         if INTERRUPTED.load(Ordering::SeqCst) {
             eprintln!("\nknit lab: interrupted, removing lab {name}");
-            if let Err(e) = knit_lab::down(&name, &run_dir) {
-                eprintln!("knit lab: {e}");
+            knit_lab::build::CANCEL.store(true, Ordering::SeqCst);
+            // Twice: the build may have made one more namespace while the first pass ran.
+            for _ in 0..2 {
+                if let Err(e) = knit_lab::down(&name, &run_dir) {
+                    eprintln!("knit lab: {e}");
+                }
+                std::thread::sleep(Duration::from_millis(200));
             }
             std::process::exit(130);
         }
@@ -188,6 +213,11 @@ fn options(build: &BuildArgs, name: &str, serve: Serve) -> Options {
         underlay_routes: !build.no_underlay_routes,
         serve,
         cni_path: cni_path(),
+        datastore: match build.datastore {
+            DatastoreArg::Local => knit_lab::Datastore::Local,
+            DatastoreArg::Etcd => knit_lab::Datastore::Etcd,
+        },
+        knit_exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("knit")),
     }
 }
 
@@ -347,6 +377,7 @@ fn matrix_run(build: &BuildArgs, json: bool, name: Option<String>) -> Result<boo
     let cells = cells?;
     teardown?;
     let passed = cells.iter().filter(|c| c.ok).count();
+    let retried = cells.iter().filter(|c| c.retried).count();
     let failed = cells.len() - passed;
     let seconds = t0.elapsed().as_secs_f64();
     if json {
@@ -354,12 +385,14 @@ fn matrix_run(build: &BuildArgs, json: bool, name: Option<String>) -> Result<boo
             "cells": cells,
             "passed": passed,
             "failed": failed,
+            "retried": retried,
             "seconds": seconds,
             "setup_seconds": setup.as_secs_f64(),
             "probe_seconds": probes.as_secs_f64(),
             "teardown_seconds": teardown_time.as_secs_f64(),
             "kube_proxy": match build.kube_proxy { KubeProxy::Legacy => "legacy", KubeProxy::Modern => "modern" },
             "underlay_routes": !build.no_underlay_routes,
+            "datastore": match build.datastore { DatastoreArg::Local => "local", DatastoreArg::Etcd => "etcd" },
         });
         println!("{out}");
     } else {
@@ -367,8 +400,11 @@ fn matrix_run(build: &BuildArgs, json: bool, name: Option<String>) -> Result<boo
         for c in cells.iter().filter(|c| !c.ok) {
             println!("❌ {} → {} [{} {}]: {}", c.source, c.target, c.proto.as_str(), placement_name(c), c.detail);
         }
+        for c in cells.iter().filter(|c| c.retried) {
+            println!("⚠ {} → {} [{} {}]: {}", c.source, c.target, c.proto.as_str(), placement_name(c), c.detail);
+        }
         println!(
-            "{} cells: {passed} passed, {failed} failed in {seconds:.1}s (setup {:.1}s, probes {:.1}s, teardown {:.1}s; kube-proxy {}{})",
+            "{} cells: {passed} passed ({retried} on a second try), {failed} failed in {seconds:.1}s (setup {:.1}s, probes {:.1}s, teardown {:.1}s; kube-proxy {}{})",
             cells.len(),
             setup.as_secs_f64(),
             probes.as_secs_f64(),

@@ -31,12 +31,66 @@ enum NodeSub {
         #[arg(long)]
         node: Option<String>,
     },
+    /// The long-running node agent (cluster mode): registers the node in etcd under a lease,
+    /// keeps BIRD's peers in step with the other nodes, publishes this node's blocks and
+    /// underlay pod IPs, writes the coordinator's CIDR file. Stops cleanly on SIGTERM/SIGINT.
+    Run(RunArgs),
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// Where cluster state lives (only etcd).
+    #[arg(long, default_value = "etcd", value_parser = ["etcd"])]
+    datastore: String,
+    /// etcd endpoints, comma-separated (`http://10.0.0.1:2379,...`).
+    #[arg(long, value_delimiter = ',', required = true)]
+    etcd_endpoints: Vec<String>,
+    #[arg(long)]
+    etcd_ca_file: Option<std::path::PathBuf>,
+    #[arg(long)]
+    etcd_cert_file: Option<std::path::PathBuf>,
+    #[arg(long)]
+    etcd_key_file: Option<std::path::PathBuf>,
+    /// Registry key prefix in etcd.
+    #[arg(long, default_value = knit_agent::registry::DEFAULT_PREFIX)]
+    prefix: String,
+    /// Node name (default: the hostname).
+    #[arg(long)]
+    node: Option<String>,
+    /// The node IP peers use (IPv4).
+    #[arg(long)]
+    node_ip: std::net::Ipv4Addr,
+    /// The nodes' AS.
+    #[arg(long = "as", default_value_t = 64512)]
+    asn: u32,
+    /// A ToR to peer with (eBGP): its IP.
+    #[arg(long)]
+    tor: Option<std::net::IpAddr>,
+    /// The ToR's AS.
+    #[arg(long, default_value_t = 64513)]
+    tor_as: u32,
+    /// BIRD's directory (bird.conf, bird.ctl).
+    #[arg(long, default_value = "/var/run/knit")]
+    bird_dir: std::path::PathBuf,
+    /// knit-ipam configuration (ipam object, plugin config or conflist) to read this node's blocks.
+    #[arg(long)]
+    ipam_config: Option<std::path::PathBuf>,
+    /// The coordinator's CIDR file to write.
+    #[arg(long, default_value = knit_coordinator::config::DEFAULT_CIDR_FILE)]
+    cidr_file: std::path::PathBuf,
+    /// Lease TTL (seconds): a dead node leaves the others' peers within this.
+    #[arg(long, default_value_t = 10)]
+    lease_ttl: i64,
+    /// Reconcile period (milliseconds).
+    #[arg(long, default_value_t = 1000)]
+    interval_ms: u64,
 }
 
 pub fn run(c: NodeCmd) -> ExitCode {
     let res = match c.cmd {
         NodeSub::UnderlayIps { table } => underlay_ips(table),
         NodeSub::Blackholes { ipam_config, node } => blackholes(&ipam_config, node),
+        NodeSub::Run(a) => run_agent(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
@@ -65,4 +119,39 @@ fn blackholes(config: &std::path::Path, node: Option<String>) -> Result<(), Stri
         println!("blackhole {b}");
     }
     Ok(())
+}
+
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_stop(_: libc::c_int) {
+    STOP.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+fn run_agent(a: RunArgs) -> Result<(), String> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let node = match a.node {
+        Some(n) => n,
+        None => knit_ipam::config::hostname().ok_or("no --node and no hostname")?,
+    };
+    let action = SigAction::new(SigHandler::Handler(on_stop), SaFlags::SA_RESTART, SigSet::empty());
+    for sig in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { sigaction(sig, &action) }.map_err(|e| format!("signal handler: {e}"))?;
+    }
+    let cfg = knit_agent::node::AgentConfig {
+        node,
+        node_ip: a.node_ip,
+        asn: a.asn,
+        tor: a.tor.map(|ip| knit_agent::bird::Peer { ip, asn: a.tor_as }),
+        endpoints: a.etcd_endpoints,
+        tls: knit_agent::registry::Tls { ca: a.etcd_ca_file, cert: a.etcd_cert_file, key: a.etcd_key_file },
+        prefix: a.prefix,
+        bird_dir: a.bird_dir,
+        ipam_config: a.ipam_config,
+        cidr_file: a.cidr_file,
+        host_rule_table: knit_coordinator::config::DEFAULT_HOST_RULE_TABLE,
+        lease_ttl: a.lease_ttl.max(2),
+        interval: std::time::Duration::from_millis(a.interval_ms.max(50)),
+    };
+    knit_agent::node::run(&cfg, &STOP)
 }

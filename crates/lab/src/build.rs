@@ -36,6 +36,17 @@ use crate::serve::{EchoServer, ServerHandle};
 use crate::state::{LabState, PodState};
 use crate::topology::{ClientSide, Endpoints, Topology};
 
+/// Set (by a signal handler's watcher) to stop a build between steps.
+pub static CANCEL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn check_cancel() -> Result<()> {
+    if CANCEL.load(std::sync::atomic::Ordering::SeqCst) {
+        Err(LabError::Interrupted)
+    } else {
+        Ok(())
+    }
+}
+
 /// The coordinator's host rule table, where it routes underlay pod IPs to their `veth0`.
 const HOST_RULE_TABLE: u32 = 500;
 /// How long BGP may take to give every node and the ToR its routes.
@@ -68,6 +79,20 @@ pub struct Options {
     pub serve: Serve,
     /// Where the CNI plugins are.
     pub cni_path: Vec<PathBuf>,
+    /// Where IPAM state and the node registry live.
+    pub datastore: Datastore,
+    /// The `knit` executable (cluster mode runs `knit node run` in every node).
+    pub knit_exe: PathBuf,
+}
+
+/// Where a lab keeps cluster state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Datastore {
+    /// knit-ipam's file store shared by the nodes; BGP peers come from the topology file.
+    Local,
+    /// One etcd in the fabric namespace: knit-ipam's etcd store, and node agents (`knit node
+    /// run`) that find their BGP peers and the coordinator's CIDRs there.
+    Etcd,
 }
 
 /// A lab that is up. Dropping it tears it down unless [`Lab::keep`] was called.
@@ -108,6 +133,10 @@ impl Lab {
             pods: BTreeMap::new(),
             pids: Vec::new(),
         };
+        let mut plan = plan;
+        if opts.datastore == Datastore::Etcd {
+            plan.etcd = Some(plan::etcd_endpoint(&plan.topo)?);
+        }
         let mut lab = Lab { plan, state, namespaces: BTreeMap::new(), servers: Vec::new(), children: Vec::new(), keep: false };
         // On error `lab` drops here and tears down what was made.
         lab.build(opts, progress)?;
@@ -143,19 +172,32 @@ impl Lab {
     }
 
     fn build(&mut self, opts: &Options, progress: &dyn Fn(&str)) -> Result<()> {
+        let progress = |p: &str| -> Result<()> {
+            check_cancel()?;
+            progress(p);
+            Ok(())
+        };
         fs::create_dir_all(&self.plan.dir).map_err(io("create lab directory", &self.plan.dir))?;
         self.plan.topo.to_toml().ok().map(|t| fs::write(self.plan.dir.join("topology.toml"), t));
-        progress("namespaces and links");
+        progress("namespaces and links")?;
         self.make_namespaces()?;
         self.wire_fabric()?;
-        progress("pods (CNI ADD)");
+        if opts.datastore == Datastore::Etcd {
+            progress("etcd and node agents")?;
+            self.start_etcd()?;
+            self.start_agents(opts)?;
+        }
+        progress("pods (CNI ADD)")?;
         self.add_pods(&opts.cni_path)?;
-        progress("kube-proxy rules");
+        progress("kube-proxy rules")?;
         self.install_kube_proxy(opts.kube_proxy)?;
-        progress("echo servers");
+        progress("echo servers")?;
         self.start_servers(&opts.serve)?;
-        progress("BGP (BIRD)");
-        self.start_bgp(opts.underlay_routes)?;
+        progress("BGP (BIRD)")?;
+        match opts.datastore {
+            Datastore::Local => self.start_bgp(opts.underlay_routes)?,
+            Datastore::Etcd => self.start_bgp_cluster()?,
+        }
         self.wait_converged(opts.underlay_routes)?;
         self.state.save(&self.plan.state_path())?;
         Ok(())
@@ -168,6 +210,7 @@ impl Lab {
         parts.extend(topo.clients.iter().map(|c| c.name.clone()));
         parts.extend(topo.pods.iter().map(|p| p.name.clone()));
         for part in parts {
+            check_cancel()?;
             let full = self.plan.ns(&part);
             let ns = Netns::create_named(&full).map_err(host(format!("create namespace {full}")))?;
             let h = Handle::in_netns(&ns).map_err(host(format!("netlink in {full}")))?;
@@ -237,6 +280,7 @@ impl Lab {
                         let runtime = Runtime::new(cni_path.to_vec(), plan.cni_state_dir(&node.name));
                         let mut pods = Vec::new();
                         for pod in topo.pods_on(&node.name) {
+                            check_cancel()?;
                             let pod_ns = plan.ns(&pod.name);
                             let mut st = PodState {
                                 name: pod.name.clone(),
@@ -377,7 +421,18 @@ impl Lab {
     }
 
     fn blocks(&self, node: &str) -> Result<Vec<IpNet>> {
-        knit_ipam::blocks_of(&self.plan.ipam_dir(), node).map_err(|e| LabError::Ipam(format!("blocks of {node}: {e}")))
+        let err = |e: String| LabError::Ipam(format!("blocks of {node}: {e}"));
+        if self.plan.etcd.is_none() {
+            return knit_ipam::blocks_of(&self.plan.ipam_dir(), node).map_err(|e| err(e.to_string()));
+        }
+        // Cluster mode: the blocks are in etcd, which listens on a fabric address; ask from a
+        // node's namespace with the node's own IPAM configuration.
+        let conf = self.plan.overlay_conflist(node);
+        let cfg = knit_ipam::IpamConfig::from_value(&conf["plugins"][0]["ipam"], "ipam").map_err(|e| err(e.to_string()))?;
+        self.netns(node)?
+            .run(|| knit_ipam::Ipam::open_for_inspection(cfg).and_then(|i| i.blocks_of(node)))
+            .map_err(host(format!("enter node {node}")))?
+            .map_err(|e| err(e.to_string()))
     }
 
     fn start_bgp(&mut self, underlay_routes: bool) -> Result<()> {
@@ -406,9 +461,26 @@ impl Lab {
                 timers: Timers::FAST,
             };
             let text = bird::node_config(&cfg).map_err(|e| LabError::Bgp { node: n.name.clone(), msg: e.to_string() })?;
-            self.spawn_bird(&n.name, &text)?;
+            self.spawn_bird(&n.name, Some(&text))?;
             sessions.push(TorSession { local_ip: gw, node: Peer { ip: IpAddr::V4(node_ip), asn: topo.node_asn } });
         }
+        self.start_tor(sessions)
+    }
+
+    fn tor_sessions(&self) -> Result<Vec<TorSession>> {
+        let topo = &self.plan.topo;
+        let mut sessions = Vec::new();
+        for n in &topo.nodes {
+            let (IpAddr::V4(node_ip), Some(IpAddr::V4(gw))) = (n.ip.addr(), topo.fabric_gateway_for(n.ip.addr()).map(|g| g.addr())) else {
+                return Err(LabError::Invalid(format!("node {}: BGP in the lab is IPv4 only", n.name)));
+            };
+            sessions.push(TorSession { local_ip: gw, node: Peer { ip: IpAddr::V4(node_ip), asn: topo.node_asn } });
+        }
+        Ok(sessions)
+    }
+
+    fn start_tor(&mut self, sessions: Vec<TorSession>) -> Result<()> {
+        let topo = self.plan.topo.clone();
         let router_id = topo
             .fabric
             .gateways
@@ -426,15 +498,146 @@ impl Lab {
             timers: Timers::FAST,
         };
         let text = bird::tor_config(&tor).map_err(|e| LabError::Bgp { node: "fabric".into(), msg: e.to_string() })?;
-        self.spawn_bird(crate::topology::FABRIC_NAME, &text)
+        self.spawn_bird(crate::topology::FABRIC_NAME, Some(&text))
     }
 
-    fn spawn_bird(&mut self, part: &str, config: &str) -> Result<()> {
+    /// Cluster mode: node BIRDs run the configuration their agent wrote (the agent reloads
+    /// them as the registry changes); the ToR's is static, as a real ToR's is.
+    fn start_bgp_cluster(&mut self) -> Result<()> {
+        let nodes: Vec<String> = self.plan.topo.nodes.iter().map(|n| n.name.clone()).collect();
+        for n in &nodes {
+            let conf = Bird::new(self.plan.bird_dir(n)).config_path();
+            // Start BIRD once the agent's configuration holds everything the node has (its
+            // blocks, underlay IPs and every peer): a later reload would then change nothing,
+            // and no route flaps while the matrix runs.
+            let mut want: Vec<String> = self.blocks(n)?.iter().chain(self.underlay_ips(n)?.iter()).map(|net| format!("route {} blackhole;", net.trunc())).collect();
+            for o in self.plan.topo.nodes.iter().filter(|o| &o.name != n) {
+                want.push(format!("protocol bgp {} {{", bird::peer_protocol_name(o.ip.addr())));
+            }
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                let text = fs::read_to_string(&conf).unwrap_or_default();
+                if want.iter().all(|w| text.contains(w.as_str())) {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let missing: Vec<&String> = want.iter().filter(|w| !text.contains(w.as_str())).collect();
+                    return Err(LabError::Bgp { node: n.clone(), msg: format!("the node agent's {} lacks {missing:?} (log in {})", conf.display(), self.plan.dir.display()) });
+                }
+                if let Some(dead) = self.dead_child() {
+                    return Err(LabError::Bgp { node: n.clone(), msg: format!("a process exited early: {dead} (logs in {})", self.plan.dir.display()) });
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            self.spawn_bird(n, None)?;
+        }
+        let sessions = self.tor_sessions()?;
+        self.start_tor(sessions)
+    }
+
+    fn start_etcd(&mut self) -> Result<()> {
+        let ep = self.plan.etcd.clone().ok_or_else(|| LabError::Invalid("no etcd endpoint".into()))?;
+        let data = self.plan.dir.join("etcd");
+        let log = self.plan.dir.join("etcd.log");
+        let out = fs::File::create(&log).map_err(io("create log", &log))?;
+        let err = out.try_clone().map_err(io("create log", &log))?;
+        let mut cmd = Command::new("etcd");
+        cmd.args(["--name", "knit-lab", "--data-dir"])
+            .arg(&data)
+            .args(["--listen-client-urls", &ep, "--advertise-client-urls", &ep])
+            .args(["--listen-peer-urls", "http://127.0.0.1:2380", "--initial-advertise-peer-urls", "http://127.0.0.1:2380"])
+            .args(["--initial-cluster", "knit-lab=http://127.0.0.1:2380", "--log-level", "warn"])
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0);
+        let fabric = self.netns(crate::topology::FABRIC_NAME)?.try_clone().map_err(host("fabric namespace"))?;
+        let child = fabric.spawn(&mut cmd).map_err(host("fabric: start etcd"))?;
+        self.state.pids.push(child.id());
+        self.children.push(child);
+        // Set the cluster's CIDRs (what `knit cluster set` does), from inside the fabric.
+        let cluster = knit_agent::registry::ClusterConfig {
+            overlay_pod_cidr: vec![self.plan.topo.overlay_cidr],
+            service_cidr: vec![self.plan.topo.service_cidr],
+            hijack_cidr: Vec::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let r = fabric
+                .run(|| -> std::result::Result<(), String> {
+                    let mut reg = knit_agent::registry::Registry::connect(&[ep.clone()], &Default::default(), knit_agent::registry::DEFAULT_PREFIX, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+                    reg.set_cluster_config(&cluster).map_err(|e| e.to_string())
+                })
+                .map_err(host("enter fabric"))?;
+            match r {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() > deadline => return Err(LabError::Invalid(format!("etcd at {ep} did not come up: {e} (log: {})", log.display()))),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+            if let Some(dead) = self.dead_child() {
+                return Err(LabError::Invalid(format!("etcd exited: {dead} (log: {})", log.display())));
+            }
+        }
+    }
+
+    fn start_agents(&mut self, opts: &Options) -> Result<()> {
+        let ep = self.plan.etcd.clone().ok_or_else(|| LabError::Invalid("no etcd endpoint".into()))?;
+        let topo = self.plan.topo.clone();
+        for n in &topo.nodes {
+            let gw = topo.fabric_gateway_for(n.ip.addr()).map(|g| g.addr()).ok_or_else(|| LabError::Invalid(format!("node {}: no fabric subnet", n.name)))?;
+            let ipam_file = self.plan.dir.join(format!("ipam-{}.json", n.name));
+            let conf = self.plan.overlay_conflist(&n.name);
+            fs::write(&ipam_file, serde_json::to_vec_pretty(&conf["plugins"][0]["ipam"]).unwrap_or_default()).map_err(io("write", &ipam_file))?;
+            let bird_dir = self.plan.bird_dir(&n.name);
+            fs::create_dir_all(&bird_dir).map_err(io("create BIRD directory", &bird_dir))?;
+            let log = self.plan.dir.join(format!("agent-{}.log", n.name));
+            let out = fs::File::create(&log).map_err(io("create log", &log))?;
+            let err = out.try_clone().map_err(io("create log", &log))?;
+            let mut cmd = Command::new(&opts.knit_exe);
+            cmd.args(["node", "run", "--etcd-endpoints", &ep, "--node", &n.name, "--node-ip", &n.ip.addr().to_string()])
+                .args(["--as", &topo.node_asn.to_string(), "--tor", &gw.to_string(), "--tor-as", &topo.tor_asn.to_string()])
+                .arg("--bird-dir")
+                .arg(&bird_dir)
+                .arg("--ipam-config")
+                .arg(&ipam_file)
+                .arg("--cidr-file")
+                .arg(self.plan.cidr_file(&n.name))
+                .args(["--lease-ttl", "4", "--interval-ms", "200"])
+                .env("KNIT_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(out)
+                .stderr(err)
+                .process_group(0);
+            let ns = self.netns(&n.name)?;
+            let child = ns.spawn(&mut cmd).map_err(host(format!("{}: start the node agent", n.name)))?;
+            self.state.pids.push(child.id());
+            self.children.push(child);
+        }
+        // Pods need the coordinator's CIDR file, which the agents write from etcd.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        for n in &topo.nodes {
+            let f = self.plan.cidr_file(&n.name);
+            while !f.exists() {
+                if let Some(dead) = self.dead_child() {
+                    return Err(LabError::Invalid(format!("a node agent exited: {dead} (logs in {})", self.plan.dir.display())));
+                }
+                if Instant::now() > deadline {
+                    return Err(LabError::Invalid(format!("node agent of {} wrote no {} (log in {})", n.name, f.display(), self.plan.dir.display())));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(())
+    }
+
+    fn spawn_bird(&mut self, part: &str, config: Option<&str>) -> Result<()> {
         let bgp_err = |msg: String| LabError::Bgp { node: part.to_string(), msg };
         let dir = self.plan.bird_dir(part);
         fs::create_dir_all(&dir).map_err(io("create BIRD directory", &dir))?;
         let b = Bird::new(&dir);
-        b.write_config(config).map_err(|e| bgp_err(e.to_string()))?;
+        if let Some(config) = config {
+            b.write_config(config).map_err(|e| bgp_err(e.to_string()))?;
+        }
         let mut cmd = b.command().map_err(|e| bgp_err(e.to_string()))?;
         let log = b.log_path();
         let out = fs::File::create(&log).map_err(io("create log", &log))?;

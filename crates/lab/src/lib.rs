@@ -18,5 +18,5 @@ pub mod serve;
 pub mod state;
 pub mod topology;
 
-pub use build::{down, Lab, Options, Serve};
+pub use build::{down, Datastore, Lab, Options, Serve};
 pub use error::{LabError, Result};

@@ -61,6 +61,8 @@ pub struct LabPlan {
     pub dir: PathBuf,
     /// Its topology.
     pub topo: Topology,
+    /// Cluster mode: the lab's etcd (`http://<fabric gateway>:2379`); `None`: the file store.
+    pub etcd: Option<String>,
 }
 
 impl LabPlan {
@@ -68,7 +70,7 @@ impl LabPlan {
     pub fn new(name: &str, run_dir: &Path, topo: Topology) -> Result<LabPlan> {
         validate_name(name)?;
         topo.validate()?;
-        Ok(LabPlan { name: name.to_string(), dir: run_dir.join(name), topo })
+        Ok(LabPlan { name: name.to_string(), dir: run_dir.join(name), topo, etcd: None })
     }
 
     /// The prefix of every namespace of this lab.
@@ -127,13 +129,47 @@ impl LabPlan {
         ]
     }
 
+    /// The coordinator's CIDR file a node agent writes (cluster mode).
+    pub fn cidr_file(&self, node: &str) -> PathBuf {
+        self.dir.join(format!("coordinator-{node}.json"))
+    }
+
     fn ipam(&self, node: &str, pool: Value) -> Value {
-        json!({
-            "type": "knit-ipam",
-            "node": node,
-            "dataDir": self.ipam_dir(),
-            "pools": [pool],
-        })
+        match &self.etcd {
+            None => json!({
+                "type": "knit-ipam",
+                "node": node,
+                "dataDir": self.ipam_dir(),
+                "pools": [pool],
+            }),
+            // Cluster mode: state in etcd; dataDir only holds the node's lock file.
+            Some(ep) => json!({
+                "type": "knit-ipam",
+                "node": node,
+                "store": "etcd",
+                "etcdEndpoints": [ep],
+                "dataDir": self.ipam_dir().join(node),
+                "pools": [pool],
+            }),
+        }
+    }
+
+    fn coordinator(&self, node: &str) -> Value {
+        match &self.etcd {
+            None => json!({
+                "type": "knit-coordinator",
+                "mode": "auto",
+                "overlayPodCIDR": [self.topo.overlay_cidr.to_string()],
+                "serviceCIDR": [self.topo.service_cidr.to_string()],
+                "hijackCIDR": [],
+            }),
+            // Cluster mode: the CIDRs come from the file the node agent writes from etcd.
+            Some(_) => json!({
+                "type": "knit-coordinator",
+                "mode": "auto",
+                "cidrFile": self.cidr_file(node),
+            }),
+        }
     }
 
     /// The overlay conflist on `node`: knit-routed with knit-ipam's per-node blocks.
@@ -180,13 +216,7 @@ impl LabPlan {
                     "mode": "bridge",
                     "ipam": self.ipam(node, ipam_pool),
                 },
-                {
-                    "type": "knit-coordinator",
-                    "mode": "auto",
-                    "overlayPodCIDR": [self.topo.overlay_cidr.to_string()],
-                    "serviceCIDR": [self.topo.service_cidr.to_string()],
-                    "hijackCIDR": [],
-                },
+                self.coordinator(node),
             ],
         })
     }
@@ -208,6 +238,16 @@ impl LabPlan {
             ],
         })
     }
+}
+
+/// The lab's etcd client URL: port 2379 on the fabric's first IPv4 gateway.
+pub fn etcd_endpoint(topo: &Topology) -> Result<String> {
+    topo.fabric
+        .gateways
+        .iter()
+        .find(|g| g.addr().is_ipv4())
+        .map(|g| format!("http://{}:2379", g.addr()))
+        .ok_or_else(|| LabError::Invalid("fabric: cluster mode needs an IPv4 gateway for etcd".into()))
 }
 
 /// The namespace-name prefix of lab `name`.

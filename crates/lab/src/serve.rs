@@ -438,6 +438,8 @@ pub fn probe_tcp(dst: SocketAddr, timeout: Duration) -> Result<String, ProbeErro
         match conn.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => got.extend_from_slice(&buf[..n]),
+            // A signal to the process is no answer: wait out the deadline.
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(classify(dst, "reply from", timeout, e)),
         }
         if got.len() > MAX_LINE {
@@ -474,9 +476,11 @@ pub fn probe_udp(dst: SocketAddr, timeout: Duration) -> Result<String, ProbeErro
         })?;
         s.set_read_timeout(Some(left))
             .map_err(io_err("set read timeout"))?;
-        let (n, from) = s
-            .recv_from(&mut buf)
-            .map_err(|e| classify(dst, "reply from", timeout, e))?;
+        let (n, from) = match s.recv_from(&mut buf) {
+            Ok(x) => x,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(classify(dst, "reply from", timeout, e)),
+        };
         let reply = String::from_utf8_lossy(&buf[..n]).into_owned();
         // Datagrams that do not carry our request line are strays: ignored until the deadline.
         if !reply.starts_with(&request) {

@@ -198,3 +198,48 @@ fn four_node_topology_with_mixed_services_passes() {
     let topo = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/topologies/four.toml");
     assert_all_pass(&lab_name("four"), &["--topology", topo.to_str().unwrap(), "--kube-proxy", "modern"]);
 }
+
+#[test]
+fn cluster_mode_on_etcd_passes_every_cell() {
+    let v = assert_all_pass(&lab_name("etcd"), &["--datastore", "etcd"]);
+    assert_eq!(v["datastore"], "etcd");
+}
+
+#[test]
+fn a_killed_node_agent_leaves_the_other_nodes_peers_within_its_lease() {
+    let name = lab_name("kill");
+    let _guard = scopeguard(&name);
+    let out = knit(&["lab", "up", "--name", &name, "--datastore", "etcd"]);
+    assert!(out.status.success(), "up: {}", String::from_utf8_lossy(&out.stderr));
+    let dir = Path::new("/run/knit/lab").join(&name);
+    let conf = |node: &str| std::fs::read_to_string(dir.join("bird").join(node).join("bird.conf")).unwrap_or_default();
+    // Every node peers with the two others (peer names carry the IP: peer_172_16_1_4).
+    let state: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).unwrap()).unwrap();
+    let node3_ip = state["topology"]["nodes"][2]["ip"].as_str().unwrap().split('/').next().unwrap().replace('.', "_");
+    let peer3 = format!("peer_{node3_ip} ");
+    assert!(conf("node1").contains(&peer3), "node1 should peer with node3:\n{}", conf("node1"));
+
+    // SIGKILL node3's agent (the process whose command line names it).
+    let mut killed = false;
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        if args.iter().any(|a| a == "run") && args.windows(2).any(|w| w[0] == "--node" && w[1] == "node3") && args.iter().any(|a| a.contains(&format!("/run/knit/lab/{name}/"))) {
+            let pid: i32 = e.file_name().to_str().unwrap().parse().unwrap();
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+            killed = true;
+        }
+    }
+    assert!(killed, "node3's agent not found");
+    // The lease TTL in the lab is 4 s; the agents reconcile every 200 ms.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(12);
+    while conf("node1").contains(&peer3) || conf("node2").contains(&peer3) {
+        assert!(std::time::Instant::now() < deadline, "node3 still a peer after its lease:\n{}", conf("node1"));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // node1 and node2 still peer with each other.
+    let node2_ip = state["topology"]["nodes"][1]["ip"].as_str().unwrap().split('/').next().unwrap().replace('.', "_");
+    assert!(conf("node1").contains(&format!("peer_{node2_ip} ")));
+    assert!(knit(&["lab", "down", "--name", &name]).status.success());
+    assert_gone(&name);
+}

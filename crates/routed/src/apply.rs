@@ -12,6 +12,33 @@ use knit_host::{addr, link, route, sysctl, Family, Handle, Netns};
 use crate::config::RoutedConf;
 use crate::plan::{self, Plan, HOST_VETH_MAC};
 
+/// Phase timings at debug level (`KNIT_LOG=knit_routed=debug`, with `KNIT_LOG_FILE` to collect
+/// them from under a runtime): where an ADD or a DEL spends its time. `knit bench cni-add-del`
+/// measures the whole; these spans say which part to look at.
+mod spans {
+    use std::cell::Cell;
+    use std::time::Instant;
+
+    thread_local! {
+        static LAST: Cell<Option<Instant>> = const { Cell::new(None) };
+    }
+
+    /// Logs the time since the previous mark (or since [`start`]) under `phase`.
+    pub fn mark(phase: &str) {
+        if !tracing::enabled!(tracing::Level::DEBUG) {
+            return;
+        }
+        let now = Instant::now();
+        let us = LAST.with(|l| l.replace(Some(now))).map(|t| (now - t).as_micros() as u64).unwrap_or(0);
+        tracing::debug!(phase, us, "span");
+    }
+
+    pub fn start() {
+        LAST.with(|l| l.set(Some(Instant::now())));
+    }
+}
+use spans::mark;
+
 /// Maps a host-state error to a CNI error with context. Kernel errors have no CNI code of their
 /// own; 999 is what the reference skeleton uses for untyped errors.
 fn herr(ctx: &str) -> impl FnOnce(knit_host::Error) -> CniError + '_ {
@@ -48,10 +75,13 @@ impl Routed {
 
     fn add_with(&self, args: &CmdArgs, conf: &RoutedConf) -> Result<CniResult, CniError> {
         let pod_ns = open_netns(&args.netns)?;
+        mark("add: config");
         let (ipam, ipam_guard) = delegate::ipam_add_guarded(args)?;
+        mark("add: IPAM plugin");
         let plan = plan::plan(&Self::identity(args), &args.ifname, conf.mtu(), &ipam)?;
         let host = Handle::new().map_err(herr("opening netlink"))?;
         let pod = Handle::in_netns(&pod_ns).map_err(herr("opening netlink in the pod netns"))?;
+        mark("add: netlink sockets");
 
         if link::get_by_name(&pod, &plan.pod_ifname).map_err(herr("reading pod links"))?.is_some() {
             return Err(CniError::generic(format!(
@@ -68,9 +98,11 @@ impl Routed {
         let host_index = link::create_veth(&host, &plan.host_veth, &plan.pod_ifname, Some(&pod_ns), &opts)
             .map_err(herr("creating the veth pair"))?;
         let mut veth_guard = VethGuard { host: &host, index: Some(host_index) };
+        mark("add: veth pair");
 
         install(&plan, &host, host_index, &pod, &pod_ns)?;
 
+        mark("add: addresses, routes, sysctls");
         let pod_mac = link::get_by_name(&pod, &plan.pod_ifname)
             .map_err(herr("reading the pod interface"))?
             .and_then(|l| l.mac);
@@ -147,6 +179,7 @@ fn add_host_route(host: &Handle, r: &Route) -> Result<(), CniError> {
 
 impl Plugin for Routed {
     fn add(&self, args: &CmdArgs) -> Result<CniResult, CniError> {
+        spans::start();
         let conf = RoutedConf::parse(&args.stdin)?;
         self.add_with(args, &conf)
     }
@@ -155,17 +188,23 @@ impl Plugin for Routed {
     /// first (deleting it removes the host veth and its routes); the host veth is removed by
     /// name as well in case the netns is already gone; then IPAM releases the address.
     fn del(&self, args: &CmdArgs) -> Result<(), CniError> {
+        spans::start();
         let _conf = RoutedConf::parse(&args.stdin)?;
         if !args.netns.is_empty() {
             if let Ok(pod_ns) = Netns::open(&args.netns) {
                 let pod = Handle::in_netns(&pod_ns).map_err(herr("opening netlink in the pod netns"))?;
+                mark("del: config, netlink socket");
                 link::delete_by_name(&pod, &args.ifname).map_err(herr("deleting the pod interface"))?;
+                mark("del: pod interface");
             }
         }
         let host = Handle::new().map_err(herr("opening netlink"))?;
         let name = plan::host_veth_name(&Self::identity(args));
         link::delete_by_name(&host, &name).map_err(herr("deleting the host veth"))?;
-        delegate::ipam_del(args)
+        mark("del: host veth");
+        let r = delegate::ipam_del(args);
+        mark("del: IPAM plugin");
+        r
     }
 
     fn check(&self, args: &CmdArgs) -> Result<(), CniError> {

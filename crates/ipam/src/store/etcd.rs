@@ -134,11 +134,7 @@ struct HandleValue {
 #[derive(Debug, Clone)]
 enum Check {
     /// The block is at this revision (0: absent). `delete`: the write is a delete.
-    Block {
-        key: String,
-        rev: i64,
-        delete: bool,
-    },
+    Block { key: String, rev: i64, delete: bool },
     /// The handle does not exist (we create it).
     HandleAbsent { key: String },
     /// The handle holds this value (we replace or delete it).
@@ -148,9 +144,9 @@ enum Check {
 impl Check {
     fn key(&self) -> &str {
         match self {
-            Check::Block { key, .. } | Check::HandleAbsent { key } | Check::HandleIs { key, .. } => {
-                key
-            }
+            Check::Block { key, .. }
+            | Check::HandleAbsent { key }
+            | Check::HandleIs { key, .. } => key,
         }
     }
 
@@ -162,7 +158,9 @@ impl Check {
             Check::Block { key, rev, .. } => {
                 Compare::mod_revision(key.as_str(), CompareOp::Equal, *rev)
             }
-            Check::HandleAbsent { key } => Compare::create_revision(key.as_str(), CompareOp::Equal, 0),
+            Check::HandleAbsent { key } => {
+                Compare::create_revision(key.as_str(), CompareOp::Equal, 0)
+            }
             Check::HandleIs { key, value } => {
                 Compare::value(key.as_str(), CompareOp::Equal, value.as_str())
             }
@@ -223,7 +221,9 @@ impl EtcdStore {
         }
         let eps = cfg.endpoints.clone();
         let client = rt
-            .block_on(async { tokio::time::timeout(timeout, Client::connect(eps, Some(opts))).await })
+            .block_on(async {
+                tokio::time::timeout(timeout, Client::connect(eps, Some(opts))).await
+            })
             .map_err(|_| {
                 Error::Busy(format!(
                     "etcd {endpoints}: no connection within {} ms",
@@ -263,9 +263,7 @@ impl EtcdStore {
     }
 
     fn kv(&self) -> KvClient {
-        self.client
-            .kv_client()
-            .max_decoding_message_size(256 << 20)
+        self.client.kv_client().max_decoding_message_size(256 << 20)
     }
 
     fn cache(&self) -> MutexGuard<'_, HashMap<(String, IpNet), (Version, BlockRecord)>> {
@@ -283,7 +281,10 @@ impl EtcdStore {
     ) -> Result<T> {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let t = self.timeout;
-        match self.rt.block_on(async { tokio::time::timeout(t, fut).await }) {
+        match self
+            .rt
+            .block_on(async { tokio::time::timeout(t, fut).await })
+        {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(Error::Busy(format!(
                 "etcd {} ({what}): {e}",
@@ -410,12 +411,13 @@ impl EtcdStore {
             for (k, v) in news {
                 diffs.entry(k).or_default().new.get_or_insert(v);
             }
-            let value = match new {
-                Some(b) => Some(serde_json::to_string(b).map_err(|e| {
-                    Self::corrupt(key.as_bytes(), format!("cannot encode: {e}"))
-                })?),
-                None => None,
-            };
+            let value =
+                match new {
+                    Some(b) => Some(serde_json::to_string(b).map_err(|e| {
+                        Self::corrupt(key.as_bytes(), format!("cannot encode: {e}"))
+                    })?),
+                    None => None,
+                };
             plan.blocks.push((
                 Check::Block {
                     key,
@@ -512,9 +514,9 @@ impl EtcdStore {
                         }
                         continue;
                     }
-                    return Err(self.conflict(format!(
-                        "{key}: expected revision {rev}, found {found}"
-                    )));
+                    return Err(
+                        self.conflict(format!("{key}: expected revision {rev}, found {found}"))
+                    );
                 }
                 Check::HandleAbsent { key } => {
                     let Some(kv) = cur else { continue };
@@ -663,7 +665,9 @@ impl EtcdStore {
                 return Ok(Some(file));
             }
             let err = std::io::Error::last_os_error();
-            if err.raw_os_error() != Some(libc::EWOULDBLOCK) && err.raw_os_error() != Some(libc::EINTR) {
+            if err.raw_os_error() != Some(libc::EWOULDBLOCK)
+                && err.raw_os_error() != Some(libc::EINTR)
+            {
                 return Err(Error::io(path, err));
             }
             if start.elapsed() >= self.lock_timeout {
@@ -714,7 +718,10 @@ impl Store for EtcdStore {
     }
 
     fn list_blocks(&self, pool: &str) -> Result<Vec<Versioned<BlockRecord>>> {
-        let kvs = self.get(&self.blocks_prefix(pool), Some(GetOptions::new().with_prefix()))?;
+        let kvs = self.get(
+            &self.blocks_prefix(pool),
+            Some(GetOptions::new().with_prefix()),
+        )?;
         let mut out = Vec::with_capacity(kvs.len());
         for kv in &kvs {
             out.push(Versioned {
@@ -726,7 +733,10 @@ impl Store for EtcdStore {
         let mut cache = self.cache();
         cache.retain(|(p, _), _| p != pool);
         for b in &out {
-            cache.insert((pool.to_string(), b.value.cidr), (b.version, b.value.clone()));
+            cache.insert(
+                (pool.to_string(), b.value.cidr),
+                (b.version, b.value.clone()),
+            );
         }
         Ok(out)
     }
@@ -760,7 +770,12 @@ impl Store for EtcdStore {
         let p = format!("{}/pools/", self.prefix);
         self.get(
             &p,
-            Some(GetOptions::new().with_prefix().with_keys_only().with_limit(1)),
+            Some(
+                GetOptions::new()
+                    .with_prefix()
+                    .with_keys_only()
+                    .with_limit(1),
+            ),
         )
         .map_err(|e| Error::NotAvailable(e.to_string()))?;
         Ok(())

@@ -92,7 +92,14 @@ impl Etcd {
             .args(["--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &format!("knit-test={peer}")])
             .args(["--initial-cluster-state", "new"])
-            .args(["--logger", "zap", "--log-outputs", "stderr", "--log-level", "warn"])
+            .args([
+                "--logger",
+                "zap",
+                "--log-outputs",
+                "stderr",
+                "--log-level",
+                "warn",
+            ])
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
@@ -128,8 +135,7 @@ impl Etcd {
             return false;
         };
         let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-        if s
-            .write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        if s.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
             .is_err()
         {
             return false;
@@ -151,7 +157,10 @@ impl Etcd {
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
-        assert!(self.wait_ready(Duration::from_secs(15)), "etcd did not restart");
+        assert!(
+            self.wait_ready(Duration::from_secs(15)),
+            "etcd did not restart"
+        );
     }
 
     pub fn running(&mut self) -> bool {

@@ -1,0 +1,213 @@
+//! `knit node run`: the long-running node agent in cluster mode.
+//!
+//! Every `interval` it reconciles:
+//! - its registry record (IP, AS, IPAM blocks, underlay pod IPs) under its lease;
+//! - BIRD's configuration from the other nodes' records (peers) and its own blocks and underlay
+//!   IPs; BIRD is reloaded (`birdc configure`) only when the text changed, and BIRD keeps the
+//!   sessions of unchanged peers across a reload;
+//! - the coordinator's CIDR file from the cluster settings;
+//! - `net.ipv4.ip_forward=1`.
+//!
+//! The other nodes' records are read each round (a prefix get: a handful of keys) rather than
+//! watched; a dead node's record expires with its lease, so its peer goes within TTL + interval.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+
+use crate::bird::{node_config, Bird, NodeBgp, Peer, Timers};
+use crate::registry::{ClusterConfig, NodeRecord, Registry, Tls};
+
+/// How the agent runs.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Node name.
+    pub node: String,
+    /// Node IP (IPv4: BGP in knit is IPv4 for now).
+    pub node_ip: Ipv4Addr,
+    /// The nodes' AS.
+    pub asn: u32,
+    /// The ToR to peer with, if any.
+    pub tor: Option<Peer>,
+    /// etcd endpoints.
+    pub endpoints: Vec<String>,
+    /// etcd TLS files.
+    pub tls: Tls,
+    /// Registry key prefix.
+    pub prefix: String,
+    /// BIRD's directory (config, control socket).
+    pub bird_dir: PathBuf,
+    /// knit-ipam configuration to read this node's blocks from.
+    pub ipam_config: Option<PathBuf>,
+    /// Where to write the coordinator's CIDR file.
+    pub cidr_file: PathBuf,
+    /// The coordinator's hostRuleTable.
+    pub host_rule_table: u32,
+    /// Lease TTL in seconds.
+    pub lease_ttl: i64,
+    /// Reconcile period.
+    pub interval: Duration,
+}
+
+fn v4_nets(nets: &[IpNet]) -> Vec<IpNet> {
+    nets.iter().copied().filter(|n| matches!(n, IpNet::V4(_))).collect()
+}
+
+fn blocks(cfg: &AgentConfig) -> Result<Vec<IpNet>, String> {
+    let Some(path) = &cfg.ipam_config else { return Ok(Vec::new()) };
+    let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    // An ipam object, a plugin config with "ipam", or a conflist whose first plugin has one.
+    let ipam = if v.get("ipam").is_some() {
+        v["ipam"].clone()
+    } else if let Some(p) = v["plugins"].as_array().and_then(|ps| ps.iter().find(|p| p.get("ipam").is_some())) {
+        p["ipam"].clone()
+    } else {
+        v
+    };
+    let ipam_cfg = knit_ipam::IpamConfig::from_value(&ipam, "ipam").map_err(|e| e.to_string())?;
+    let ipam = knit_ipam::Ipam::open_for_inspection(ipam_cfg).map_err(|e| e.to_string())?;
+    ipam.blocks_of(&cfg.node).map_err(|e| e.to_string())
+}
+
+fn underlay(cfg: &AgentConfig) -> Result<Vec<IpAddr>, String> {
+    let h = knit_host::Handle::new().map_err(|e| e.to_string())?;
+    Ok(knit_coordinator::underlay::list(&h, cfg.host_rule_table).map_err(|e| e.to_string())?.into_iter().map(|u| u.ip).collect())
+}
+
+fn write_if_changed(path: &Path, text: &str) -> Result<bool, String> {
+    if std::fs::read_to_string(path).ok().as_deref() == Some(text) {
+        return Ok(false);
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(true)
+}
+
+/// Whether `socket` (made by BIRD when it starts) is newer than `config`.
+fn started_after(socket: &Path, config: &Path) -> bool {
+    let m = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    matches!((m(socket), m(config)), (Some(s), Some(c)) if s > c)
+}
+
+/// The coordinator's CIDR file for `c` (its field names).
+pub fn cidr_file_text(c: &ClusterConfig) -> String {
+    serde_json::to_string_pretty(c).unwrap_or_default()
+}
+
+/// Runs until `stop` is set; then revokes the lease so the node leaves at once.
+pub fn run(cfg: &AgentConfig, stop: &AtomicBool) -> Result<(), String> {
+    let mut reg = Registry::connect(&cfg.endpoints, &cfg.tls, &cfg.prefix, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    reg.grant(cfg.lease_ttl).map_err(|e| e.to_string())?;
+    tracing::info!(node = %cfg.node, ip = %cfg.node_ip, ttl = cfg.lease_ttl, "registered");
+    let bird = Bird::new(&cfg.bird_dir);
+    let mut last_record: Option<NodeRecord> = None;
+    let mut last_bird = String::new();
+    let mut bird_current = false;
+    let mut last_peers: Vec<Ipv4Addr> = Vec::new();
+    let mut last_ka = Instant::now();
+    let ka_every = Duration::from_secs((cfg.lease_ttl as u64 / 3).max(1));
+    while !stop.load(Ordering::SeqCst) {
+        if last_ka.elapsed() >= ka_every {
+            if let Err(e) = reg.keep_alive() {
+                tracing::warn!(error = %e, "lease lost; registering again");
+                if let Err(e) = reg.grant(cfg.lease_ttl) {
+                    tracing::warn!(error = %e, "lease grant failed");
+                }
+                last_record = None;
+            }
+            last_ka = Instant::now();
+        }
+        if let Err(e) = reconcile(cfg, &mut reg, &bird, &mut last_record, &mut last_bird, &mut bird_current, &mut last_peers) {
+            tracing::warn!(error = %e, "reconcile");
+        }
+        let until = Instant::now() + cfg.interval;
+        while Instant::now() < until && !stop.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    tracing::info!(node = %cfg.node, "stopping: leaving the registry");
+    reg.revoke().map_err(|e| e.to_string())
+}
+
+fn reconcile(
+    cfg: &AgentConfig,
+    reg: &mut Registry,
+    bird: &Bird,
+    last_record: &mut Option<NodeRecord>,
+    last_bird: &mut String,
+    bird_current: &mut bool,
+    last_peers: &mut Vec<Ipv4Addr>,
+) -> Result<(), String> {
+    let _ = knit_host::sysctl::set("net.ipv4.ip_forward", "1");
+    let blocks = blocks(cfg)?;
+    let ul = underlay(cfg)?;
+    let rec = NodeRecord { name: cfg.node.clone(), ip: IpAddr::V4(cfg.node_ip), asn: cfg.asn, blocks: blocks.clone(), underlay: ul.clone() };
+    if last_record.as_ref() != Some(&rec) {
+        reg.put_node(&rec).map_err(|e| e.to_string())?;
+        tracing::info!(blocks = blocks.len(), underlay = ul.len(), "published node record");
+        *last_record = Some(rec);
+    }
+    let cluster = reg.cluster_config().map_err(|e| e.to_string())?.unwrap_or_default();
+    if write_if_changed(&cfg.cidr_file, &cidr_file_text(&cluster))? {
+        tracing::info!(file = %cfg.cidr_file.display(), "wrote the coordinator's CIDR file");
+    }
+    let mut peers: Vec<Ipv4Addr> = reg
+        .nodes()
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|n| n.name != cfg.node)
+        .filter_map(|n| match n.ip {
+            IpAddr::V4(a) if a != cfg.node_ip => Some(a),
+            _ => None,
+        })
+        .collect();
+    peers.sort();
+    peers.dedup();
+    if *last_peers != peers {
+        tracing::info!(peers = ?peers, "peers changed");
+        *last_peers = peers.clone();
+    }
+    if cluster.overlay_pod_cidr.is_empty() && !peers.is_empty() {
+        return Err("cluster settings have no overlayPodCIDR yet (knit cluster set --overlay-cidr ...)".into());
+    }
+    let bgp = NodeBgp {
+        node_ip: cfg.node_ip,
+        asn: cfg.asn,
+        node_peers: peers,
+        tor: cfg.tor,
+        overlay_cidrs: v4_nets(&cluster.overlay_pod_cidr),
+        blocks: v4_nets(&blocks),
+        underlay_routes: v4_nets(&ul.iter().map(|ip| IpNet::from(*ip)).collect::<Vec<_>>()),
+        service_cidrs: v4_nets(&cluster.service_cidr),
+        timers: Timers::FAST,
+    };
+    let text = node_config(&bgp).map_err(|e| e.to_string())?;
+    if text != *last_bird {
+        bird.write_config(&text).map_err(|e| e.to_string())?;
+        *last_bird = text;
+        *bird_current = false;
+    }
+    if !*bird_current && started_after(&bird.socket_path(), &bird.config_path()) {
+        // BIRD (re)started after the file was written, so it runs this text already: a reload
+        // would be a no-op at best.
+        *bird_current = true;
+    }
+    if !*bird_current && bird.socket_path().exists() {
+        match bird.configure() {
+            Ok(()) => {
+                *bird_current = true;
+                tracing::info!("BIRD reconfigured");
+            }
+            Err(e) => tracing::warn!(error = %e, "birdc configure"),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,418 @@
+//! The snapshot: what trace and doctor know about a set of namespaces, read once through
+//! knit-host's read APIs and kept as plain data (so the model is tested without root).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::Path;
+
+use ipnet::IpNet;
+use knit_host::addr::Address;
+use knit_host::inspect::{self, MultipathRoute};
+use knit_host::link::LinkInfo;
+use knit_host::neigh::Neighbour;
+use knit_host::route::Route;
+use knit_host::rule::Rule;
+use knit_host::{addr, firewall, link, neigh, route, rule, sysctl, Family, Handle, Netns};
+use serde::{Deserialize, Serialize};
+
+use crate::netfilter::Tables;
+use crate::{Error, Result};
+
+/// What a namespace is, when known (from a lab's state).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "kind")]
+pub enum Role {
+    /// A pod, on `node`.
+    Pod {
+        /// Its node's namespace name (display name).
+        node: String,
+    },
+    /// A node (or a real host's own namespace).
+    Node,
+    /// A client outside the cluster.
+    Client,
+    /// The lab's switch and ToR.
+    Fabric,
+    /// Anything else.
+    Other,
+}
+
+/// Per-interface IPv4 configuration (`net.ipv4.conf.<if>.*`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IfConf {
+    /// `forwarding`.
+    pub forwarding: u8,
+    /// `rp_filter`.
+    pub rp_filter: u8,
+    /// `proxy_arp`.
+    pub proxy_arp: u8,
+    /// `accept_local`.
+    pub accept_local: u8,
+    /// `src_valid_mark`.
+    pub src_valid_mark: u8,
+    /// `send_redirects`.
+    pub send_redirects: u8,
+    /// `arp_ignore`.
+    pub arp_ignore: u8,
+}
+
+/// One namespace.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NsSnap {
+    /// Display name (`node1`, `overlay1`, `host`, or the /run/netns name).
+    pub name: String,
+    /// The namespace's name under /run/netns (empty for the host namespace).
+    pub netns: String,
+    /// What it is.
+    pub role: Role,
+    /// Links, by index.
+    pub links: Vec<LinkInfo>,
+    /// IPv4 addresses.
+    pub addrs: Vec<Address>,
+    /// IPv4 policy rules, in priority order.
+    pub rules: Vec<Rule>,
+    /// IPv4 routes of every table (multipath routes appear with no gateway/oif here).
+    pub routes: Vec<Route>,
+    /// The next hops of multipath routes.
+    pub multipath: Vec<MultipathRoute>,
+    /// IPv4 neighbours.
+    pub neigh: Vec<Neighbour>,
+    /// `net.ipv4.conf.{all,default,<if>}`.
+    pub conf: BTreeMap<String, IfConf>,
+    /// `net.netfilter.nf_conntrack_tcp_be_liberal` (None when conntrack isn't loaded).
+    pub tcp_be_liberal: Option<bool>,
+    /// iptables-save text per table (nat, filter, mangle, raw).
+    pub iptables: BTreeMap<String, String>,
+    /// nsid (as this namespace sees it) → display name of that namespace.
+    pub nsids: BTreeMap<i32, String>,
+    #[serde(skip)]
+    parsed: Option<Tables>,
+}
+
+impl NsSnap {
+    /// An empty namespace (for tests and builders).
+    pub fn new(name: &str, role: Role) -> NsSnap {
+        NsSnap {
+            name: name.to_string(),
+            netns: String::new(),
+            role,
+            links: Vec::new(),
+            addrs: Vec::new(),
+            rules: default_rules(),
+            routes: Vec::new(),
+            multipath: Vec::new(),
+            neigh: Vec::new(),
+            conf: BTreeMap::new(),
+            tcp_be_liberal: None,
+            iptables: BTreeMap::new(),
+            nsids: BTreeMap::new(),
+            parsed: None,
+        }
+    }
+
+    /// The link with index `i`.
+    pub fn link(&self, i: u32) -> Option<&LinkInfo> {
+        self.links.iter().find(|l| l.index == i)
+    }
+
+    /// The link called `name`.
+    pub fn link_by_name(&self, name: &str) -> Option<&LinkInfo> {
+        self.links.iter().find(|l| l.name == name)
+    }
+
+    /// The name of link `i` (`#i` when unknown).
+    pub fn ifname(&self, i: u32) -> String {
+        self.link(i).map(|l| l.name.clone()).unwrap_or_else(|| format!("#{i}"))
+    }
+
+    /// The effective configuration of an interface: `all` and the interface's own value
+    /// combined as the kernel does (max for rp_filter/arp_ignore, and for forwarding the
+    /// interface's own value, or for proxy_arp/accept_local/src_valid_mark either).
+    pub fn ifconf(&self, ifname: &str) -> IfConf {
+        let all = self.conf.get("all").copied().unwrap_or_default();
+        let dev = self.conf.get(ifname).copied().unwrap_or(all);
+        IfConf {
+            forwarding: dev.forwarding,
+            rp_filter: all.rp_filter.max(dev.rp_filter),
+            proxy_arp: all.proxy_arp | dev.proxy_arp,
+            accept_local: dev.accept_local,
+            src_valid_mark: all.src_valid_mark | dev.src_valid_mark,
+            send_redirects: all.send_redirects | dev.send_redirects,
+            arp_ignore: all.arp_ignore.max(dev.arp_ignore),
+        }
+    }
+
+    /// Whether `ip` is one of this namespace's addresses.
+    pub fn is_local(&self, ip: IpAddr) -> bool {
+        self.addrs.iter().any(|a| a.net.addr() == ip) || self.routes.iter().any(|r| r.table == 255 && r.kind == route::RouteKind::Local && r.dst.contains(&ip))
+    }
+
+    /// The parsed iptables tables.
+    pub fn tables(&mut self) -> &Tables {
+        if self.parsed.is_none() {
+            self.parsed = Some(Tables::parse_all(&self.iptables));
+        }
+        self.parsed.get_or_insert_with(Tables::default)
+    }
+
+    /// Parses the iptables text once (call after changing `iptables`).
+    pub fn prepare(&mut self) {
+        self.parsed = Some(Tables::parse_all(&self.iptables));
+    }
+
+    /// The parsed tables, if [`NsSnap::prepare`] ran.
+    pub fn parsed(&self) -> Option<&Tables> {
+        self.parsed.as_ref()
+    }
+
+    /// Whether the namespace has policy rules besides the kernel's three defaults
+    /// (the kernel's "custom rules" flag, which changes source validation).
+    pub fn custom_rules(&self) -> bool {
+        self.rules.iter().any(|r| !matches!((r.priority.unwrap_or(0), r.table), (0, 255) | (32766, 254) | (32767, 253)))
+    }
+
+    /// Interface addresses of `ifindex`.
+    pub fn addrs_on(&self, ifindex: u32) -> impl Iterator<Item = &Address> {
+        self.addrs.iter().filter(move |a| a.index == ifindex)
+    }
+}
+
+/// The kernel's default IPv4 rules.
+pub fn default_rules() -> Vec<Rule> {
+    vec![Rule::new(Family::V4, 255).priority(0), Rule::new(Family::V4, 254).priority(32766), Rule::new(Family::V4, 253).priority(32767)]
+}
+
+/// A set of namespaces and the lab they belong to (if any).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// The namespaces.
+    pub namespaces: Vec<NsSnap>,
+    /// The lab's state, when the snapshot is of a lab.
+    #[serde(skip)]
+    pub lab: Option<knit_lab::state::LabState>,
+}
+
+/// A (namespace, interface) position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Port {
+    /// Namespace index in [`Snapshot::namespaces`].
+    pub ns: usize,
+    /// Interface index.
+    pub link: u32,
+}
+
+impl Snapshot {
+    /// The namespace called `name`.
+    pub fn ns_index(&self, name: &str) -> Option<usize> {
+        self.namespaces.iter().position(|n| n.name == name)
+    }
+
+    /// Parses every namespace's iptables text.
+    pub fn prepare(&mut self) {
+        for n in &mut self.namespaces {
+            n.prepare();
+        }
+    }
+
+    /// The other end of a veth, or a macvlan's parent: `IFLA_LINK` resolved through `link_netnsid`.
+    pub fn link_target(&self, p: Port) -> Option<Port> {
+        let ns = &self.namespaces[p.ns];
+        let l = ns.link(p.link)?;
+        let target = l.link?;
+        let tns = match l.link_netnsid {
+            Some(id) => self.ns_index(ns.nsids.get(&id)?)?,
+            None => p.ns,
+        };
+        self.namespaces[tns].link(target)?;
+        Some(Port { ns: tns, link: target })
+    }
+
+    /// Macvlan links whose parent is `p`.
+    pub fn macvlan_children(&self, p: Port) -> Vec<Port> {
+        let mut out = Vec::new();
+        for (i, ns) in self.namespaces.iter().enumerate() {
+            for l in &ns.links {
+                if l.kind.as_deref() == Some("macvlan") {
+                    let me = Port { ns: i, link: l.index };
+                    if self.link_target(me) == Some(p) {
+                        out.push(me);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// `ns/ifname` for people.
+    pub fn port_name(&self, p: Port) -> String {
+        format!("{}/{}", self.namespaces[p.ns].name, self.namespaces[p.ns].ifname(p.link))
+    }
+
+    /// The namespace owning address `ip` (the first one, in snapshot order).
+    pub fn owner_of(&self, ip: IpAddr) -> Option<usize> {
+        self.namespaces.iter().position(|n| n.addrs.iter().any(|a| a.net.addr() == ip && !a.net.addr().is_loopback()))
+    }
+}
+
+/// A namespace to read: display name, role, and how to open it.
+pub struct Source {
+    /// Display name.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// /run/netns name (empty = host).
+    pub netns_name: String,
+    /// The open namespace.
+    pub ns: Netns,
+}
+
+fn host_err(what: String) -> impl FnOnce(knit_host::Error) -> Error {
+    move |e| Error::Host { what, source: e }
+}
+
+fn conf_of(ifname: &str) -> IfConf {
+    let g = |leaf: &str| -> u8 {
+        sysctl::get(&format!("net/ipv4/conf/{ifname}/{leaf}")).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+    };
+    IfConf {
+        forwarding: g("forwarding"),
+        rp_filter: g("rp_filter"),
+        proxy_arp: g("proxy_arp"),
+        accept_local: g("accept_local"),
+        src_valid_mark: g("src_valid_mark"),
+        send_redirects: g("send_redirects"),
+        arp_ignore: g("arp_ignore"),
+    }
+}
+
+/// The tables trace reads.
+pub const TABLES: [&str; 4] = ["raw", "mangle", "nat", "filter"];
+
+/// Splits `iptables-save` output (all tables) into per-table text.
+pub fn split_tables(text: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut cur: Option<String> = None;
+    let mut buf = String::new();
+    for line in text.lines() {
+        if let Some(t) = line.strip_prefix('*') {
+            cur = Some(t.trim().to_string());
+            buf.clear();
+        }
+        if cur.is_some() && !line.starts_with('#') {
+            buf.push_str(line);
+            buf.push('\n');
+        }
+        if line.trim() == "COMMIT" {
+            if let Some(t) = cur.take() {
+                out.insert(t, std::mem::take(&mut buf));
+            }
+        }
+    }
+    out
+}
+
+/// Reads one namespace.
+pub fn read_ns(src: &Source) -> Result<NsSnap> {
+    let what = |w: &str| format!("{}: {w}", src.name);
+    let h = Handle::in_netns(&src.ns).map_err(host_err(what("netlink")))?;
+    let mut s = NsSnap::new(&src.name, src.role.clone());
+    s.netns = src.netns_name.clone();
+    s.links = link::list(&h).map_err(host_err(what("links")))?;
+    s.addrs = addr::list(&h, Some(Family::V4), None).map_err(host_err(what("addresses")))?;
+    s.rules = rule::list(&h, Family::V4).map_err(host_err(what("rules")))?;
+    s.routes = route::list(&h, Family::V4, None).map_err(host_err(what("routes")))?;
+    s.multipath = inspect::multipath_routes(&h, Family::V4).map_err(host_err(what("multipath routes")))?;
+    s.neigh = neigh::list(&h, Some(Family::V4), None).map_err(host_err(what("neighbours")))?;
+    let names: Vec<String> = s.links.iter().map(|l| l.name.clone()).collect();
+    let (conf, liberal) = src
+        .ns
+        .run(move || {
+            let mut conf = BTreeMap::new();
+            for n in ["all", "default"].iter().map(|x| x.to_string()).chain(names) {
+                let c = conf_of(&n);
+                conf.insert(n, c);
+            }
+            let liberal = sysctl::get("net/netfilter/nf_conntrack_tcp_be_liberal").ok().map(|v| v.trim() != "0");
+            (conf, liberal)
+        })
+        .map_err(host_err(what("sysctls")))?;
+    s.conf = conf;
+    s.tcp_be_liberal = liberal;
+    let text = firewall::iptables_save(Some(&src.ns), Family::V4, None).unwrap_or_default();
+    s.iptables = split_tables(&text);
+    Ok(s)
+}
+
+/// Reads a set of namespaces (in parallel) and resolves their namespace ids.
+pub fn read(sources: &[Source]) -> Result<Snapshot> {
+    let results: Vec<Result<NsSnap>> = std::thread::scope(|sc| {
+        let hs: Vec<_> = sources.chunks(sources.len().div_ceil(4).max(1)).map(|chunk| sc.spawn(move || chunk.iter().map(read_ns).collect::<Vec<_>>())).collect();
+        hs.into_iter().flat_map(|h| h.join().unwrap_or_else(|_| vec![Err(Error::Other("snapshot thread panicked".into()))])).collect()
+    });
+    let mut namespaces = results.into_iter().collect::<Result<Vec<_>>>()?;
+    // nsids: only namespaces with links pointing elsewhere need them.
+    for (i, src) in sources.iter().enumerate() {
+        let wanted: std::collections::BTreeSet<i32> = namespaces[i].links.iter().filter_map(|l| l.link_netnsid).collect();
+        if wanted.is_empty() {
+            continue;
+        }
+        let h = Handle::in_netns(&src.ns).map_err(host_err(format!("{}: netlink", src.name)))?;
+        for other in sources {
+            if let Ok(Some(id)) = inspect::nsid_of(&h, &other.ns) {
+                if wanted.contains(&id) {
+                    namespaces[i].nsids.insert(id, other.name.clone());
+                }
+            }
+        }
+    }
+    let mut snap = Snapshot { namespaces, lab: None };
+    snap.prepare();
+    Ok(snap)
+}
+
+/// The namespaces of a running lab, named by their part (`node1`, `overlay1`, `fabric`).
+pub fn lab_sources(name: &str, run_dir: &Path) -> Result<(Vec<Source>, knit_lab::state::LabState)> {
+    let lab = knit_lab::Lab::open(name, run_dir).map_err(|e| Error::Other(format!("open lab {name}: {e}")))?;
+    let st = lab.state.clone();
+    let topo = &lab.plan.topo;
+    let mut parts: Vec<(String, Role)> = vec![(knit_lab::topology::FABRIC_NAME.to_string(), Role::Fabric)];
+    parts.extend(topo.nodes.iter().map(|n| (n.name.clone(), Role::Node)));
+    parts.extend(topo.clients.iter().map(|c| (c.name.clone(), Role::Client)));
+    parts.extend(topo.pods.iter().map(|p| (p.name.clone(), Role::Pod { node: p.node.clone() })));
+    let mut out = Vec::new();
+    for (part, role) in parts {
+        let ns = lab.netns(&part).map_err(|e| Error::Other(e.to_string()))?;
+        let ns = ns.try_clone().map_err(host_err(format!("{part}: open namespace")))?;
+        out.push(Source { name: part.clone(), role, netns_name: lab.plan.ns(&part), ns });
+    }
+    Ok((out, st))
+}
+
+/// Snapshot of a running lab.
+pub fn read_lab(name: &str, run_dir: &Path) -> Result<Snapshot> {
+    let (sources, st) = lab_sources(name, run_dir)?;
+    let mut snap = read(&sources)?;
+    snap.lab = Some(st);
+    Ok(snap)
+}
+
+/// Snapshot of this machine: the host namespace (as `host`) and every namespace under /run/netns.
+pub fn read_node() -> Result<Snapshot> {
+    let mut sources = vec![Source {
+        name: "host".into(),
+        role: Role::Node,
+        netns_name: String::new(),
+        ns: Netns::open("/proc/1/ns/net").map_err(host_err("open the host namespace".into()))?,
+    }];
+    for n in Netns::list_named().map_err(host_err("list /run/netns".into()))? {
+        if let Ok(ns) = Netns::open_named(&n) {
+            sources.push(Source { name: n.clone(), role: Role::Pod { node: "host".into() }, netns_name: n, ns });
+        }
+    }
+    read(&sources)
+}
+
+/// Parses `a.b.c.d[/len]`.
+pub fn parse_net(s: &str) -> Option<IpNet> {
+    s.parse::<IpNet>().ok().or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
+}
