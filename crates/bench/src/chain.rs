@@ -3,6 +3,7 @@
 //! the network namespace the plugins run in.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use knit_cni::delegate::{exec_plugin, find_plugin};
 use knit_cni::runtime::plugin_config;
@@ -114,9 +115,18 @@ impl Chain {
 
     /// ADD: the plugins in order, each given the previous result; returns the last result.
     pub fn add(&self, rt: &RuntimeArgs) -> Result<Value, CniError> {
+        self.add_timed(rt, &mut Vec::new())
+    }
+
+    /// [`Chain::add`], pushing each plugin's own time (building its stdin, running it) onto
+    /// `times`, in chain order.
+    pub fn add_timed(&self, rt: &RuntimeArgs, times: &mut Vec<Duration>) -> Result<Value, CniError> {
         let mut prev: Option<Value> = None;
         for i in 0..self.bins.len() {
-            match self.exec(i, "ADD", rt, prev.as_ref())? {
+            let t = Instant::now();
+            let out = self.exec(i, "ADD", rt, prev.as_ref());
+            times.push(t.elapsed());
+            match out? {
                 Some(r) => prev = Some(r),
                 None => return Err(CniError::decode(format!("{} returned no result for ADD", name(&self.bins[i])))),
             }
@@ -126,9 +136,20 @@ impl Chain {
 
     /// DEL: the plugins in reverse order with the ADD result as `prevResult`.
     pub fn del(&self, rt: &RuntimeArgs, prev: Option<&Value>) -> Result<(), CniError> {
+        self.del_timed(rt, prev, &mut Vec::new())
+    }
+
+    /// [`Chain::del`], pushing each plugin's own time onto `times`, in chain order (DEL runs
+    /// them in reverse, so the first entry is the last plugin's).
+    pub fn del_timed(&self, rt: &RuntimeArgs, prev: Option<&Value>, times: &mut Vec<Duration>) -> Result<(), CniError> {
+        let mut own = vec![Duration::ZERO; self.bins.len()];
         for i in (0..self.bins.len()).rev() {
-            self.exec(i, "DEL", rt, prev)?;
+            let t = Instant::now();
+            let out = self.exec(i, "DEL", rt, prev);
+            own[i] = t.elapsed();
+            out?;
         }
+        times.extend(own);
         Ok(())
     }
 }

@@ -135,7 +135,10 @@ fn read_facts(conf: &Conf, ifname: &str, prev: &CniResult, host: &Handle, pod: &
     let mut facts = Facts { pod_links: links.iter().map(|l| l.name.clone()).collect(), ..Facts::default() };
     let nic = links.iter().find(|l| l.name == ifname);
     let eth0 = links.iter().find(|l| l.name == conf.pod_default_cni_nic);
-    if let Some(e) = eth0 {
+    // An underlay first NIC's plan needs only the pod's links and the node's IPs; the pod's
+    // addresses, routes and rules matter to secondary NICs.
+    let secondary = !plan::underlay_first(conf, ifname);
+    if let Some(e) = eth0.filter(|_| secondary) {
         facts.default_nic_addrs = addr::list(pod, None, Some(e.index))
             .map_err(herr("listing pod addresses"))?
             .into_iter()
@@ -150,7 +153,7 @@ fn read_facts(conf: &Conf, ifname: &str, prev: &CniResult, host: &Handle, pod: &
             }
         }
     }
-    for f in [Family::V4, Family::V6] {
+    for f in [Family::V4, Family::V6].into_iter().filter(|_| secondary) {
         let routes = route::list(pod, f, Some(MAIN_TABLE)).map_err(herr("listing pod routes"))?;
         for r in routes {
             if eth0.is_some_and(|e| r.oif == Some(e.index)) && ifname != conf.pod_default_cni_nic {
@@ -263,47 +266,72 @@ impl<'a> Indexes<'a> {
     }
 }
 
+/// What [`install`] tells the pod helper once the plan is in progress.
+enum HelperMsg {
+    /// Set these pod sysctls (veth0 exists by now), and remove the reply-steering rules of
+    /// these families (started speculatively, not in the plan).
+    Finish { sysctls: Vec<(String, String)>, remove: Vec<Family> },
+    /// The ADD failed: remove the rules installed.
+    Abort,
+}
+
 /// The pod-side work that needs a thread inside the pod's namespace: the reply-steering
-/// iptables rules (a helper process, the slowest step of an ADD) and the pod sysctls. It runs
-/// beside the netlink work of [`install`] and is waited for before ADD succeeds; dropping it
-/// (an early error) also waits, so no helper outlives the plugin's decision.
+/// iptables rules (a helper process, the slowest step of an ADD) and the pod sysctls. It
+/// starts as soon as the pod's namespace is open, runs beside the netlink work, and is waited
+/// for before ADD succeeds; dropped without [`PodHelper::finish`] (a failed ADD), it removes
+/// the rules it installed and is waited for too, so no helper outlives the plugin.
 struct PodHelper {
-    sysctls: Option<std::sync::mpsc::Sender<Vec<(String, String)>>>,
+    families: Vec<Family>,
+    tx: Option<std::sync::mpsc::Sender<HelperMsg>>,
     handle: Option<std::thread::JoinHandle<knit_host::Result<()>>>,
 }
 
 impl PodHelper {
-    fn start(plan: &Plan, pod_ns: &Netns) -> Result<PodHelper, CniError> {
-        let mangle = plan.pod_mangle.clone();
+    fn start(families: Vec<Family>, pod_ns: &Netns) -> Result<PodHelper, CniError> {
         let ns = pod_ns.try_clone().map_err(herr("opening the pod netns"))?;
-        let (tx, rx) = std::sync::mpsc::channel::<Vec<(String, String)>>();
+        let (tx, rx) = std::sync::mpsc::channel::<HelperMsg>();
+        let fams = families.clone();
         let handle = std::thread::Builder::new()
             .name("knit-coordinator-pod".into())
             .spawn(move || {
                 ns.try_run(move || -> knit_host::Result<()> {
                     // This thread is inside the pod: iptables-restore inherits the namespace.
-                    for (f, text) in &mangle {
-                        firewall::iptables_restore(None, *f, text, true)?;
+                    let text = plan::mangle_rules();
+                    for f in &fams {
+                        firewall::iptables_restore(None, *f, &text, true)?;
                     }
-                    // The sysctls name veth0, which exists once install sends them.
-                    if let Ok(kv) = rx.recv() {
-                        set_sysctls(&kv)?;
+                    let remove = |families: &[Family]| -> knit_host::Result<()> {
+                        for f in families {
+                            firewall::iptables_restore(None, *f, &plan::mangle_removal(), true)?;
+                        }
+                        Ok(())
+                    };
+                    match rx.recv() {
+                        Ok(HelperMsg::Finish { sysctls, remove: extra }) => {
+                            set_sysctls(&sysctls)?;
+                            remove(&extra)
+                        }
+                        Ok(HelperMsg::Abort) | Err(_) => remove(&fams),
                     }
-                    Ok(())
                 })
             })
             .map_err(|e| CniError::generic(format!("starting the pod helper thread: {e}")))?;
-        Ok(PodHelper { sysctls: Some(tx), handle: Some(handle) })
+        Ok(PodHelper { families, tx: Some(tx), handle: Some(handle) })
     }
 
-    fn set_sysctls(&mut self, kv: Vec<(String, String)>) {
-        if let Some(tx) = self.sysctls.take() {
-            let _ = tx.send(kv);
+    /// Hands over the pod sysctls and the plan's mangle families; the helper applies the
+    /// sysctls and drops rules of families the plan does not have.
+    fn finish(&mut self, sysctls: Vec<(String, String)>, planned: &[Family]) {
+        let remove = self.families.iter().copied().filter(|f| !planned.contains(f)).collect();
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(HelperMsg::Finish { sysctls, remove });
         }
     }
 
     fn wait(&mut self) -> Result<(), CniError> {
-        self.sysctls = None;
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(HelperMsg::Abort);
+        }
         match self.handle.take().map(|h| h.join()) {
             None | Some(Ok(Ok(()))) => Ok(()),
             Some(Ok(Err(e))) => Err(herr("setting up the pod's reply steering and sysctls")(e)),
@@ -314,14 +342,30 @@ impl PodHelper {
 
 impl Drop for PodHelper {
     fn drop(&mut self) {
-        let _ = self.wait();
+        if let Err(e) = self.wait() {
+            tracing::warn!("rollback: {}", e.msg);
+        }
     }
 }
 
 /// Installs the plan. Returns after a full success, or rolls back what it did.
-fn install(plan: &Plan, host: &Handle, pod: &Handle, pod_ns: &Netns, pod_links: &[String]) -> Result<(), CniError> {
+fn install(
+    plan: &Plan,
+    host: &Handle,
+    pod: &Handle,
+    pod_ns: &Netns,
+    pod_links: &[String],
+    helper: Option<PodHelper>,
+) -> Result<(), CniError> {
     let mut rb = Rollback { host, pod, steps: Vec::new(), armed: true };
-    let mut helper = if plan.pod_mangle.is_empty() { None } else { Some(PodHelper::start(plan, pod_ns)?) };
+    let planned: Vec<Family> = plan.pod_mangle.iter().map(|(f, _)| *f).collect();
+    // The helper (started early when the plan was foreseeable) or one started now. Declared
+    // after the rollback so that on failure it is dropped (and waited for) first.
+    let mut helper = match helper {
+        Some(h) => Some(h),
+        None if !planned.is_empty() => Some(PodHelper::start(planned.clone(), pod_ns)?),
+        None => None,
+    };
     let mut pod_idx = Indexes::new(pod);
     let mut host_idx = Indexes::new(host);
     let nic_index = pod_idx.get(&plan.ifname)?;
@@ -351,13 +395,16 @@ fn install(plan: &Plan, host: &Handle, pod: &Handle, pod_ns: &Netns, pod_links: 
     }
     link::set_up(pod, nic_index).map_err(herr(format!("bringing {} up", plan.ifname)))?;
 
-    if !plan.pod_sysctls.is_empty() {
-        let kv = plan.pod_sysctls.clone();
-        match helper.as_mut() {
-            // arp_notify must be on before a MAC change, so with podMACPrefix they go in now.
-            Some(h) if plan.pod_mac.is_none() => h.set_sysctls(kv),
-            _ => pod_ns.try_run(move || set_sysctls(&kv)).map_err(herr("setting pod sysctls"))?,
+    let kv = plan.pod_sysctls.clone();
+    match helper.as_mut() {
+        // arp_notify must be on before a MAC change, so with podMACPrefix they go in now.
+        Some(h) if plan.pod_mac.is_none() => h.finish(kv, &planned),
+        Some(h) => {
+            pod_ns.try_run(move || set_sysctls(&kv)).map_err(herr("setting pod sysctls"))?;
+            h.finish(Vec::new(), &planned);
         }
+        None if !kv.is_empty() => pod_ns.try_run(move || set_sysctls(&kv)).map_err(herr("setting pod sysctls"))?,
+        None => {}
     }
     if let Some(mac) = plan.pod_mac {
         // arp_notify=1 (set above) makes the kernel send the gratuitous ARP for the new MAC.
@@ -437,8 +484,12 @@ impl Coordinator {
             .ok_or_else(|| CniError::invalid_config("knit-coordinator is a chained plugin: prevResult is required"))
     }
 
+    fn open_pod_ns(args: &CmdArgs) -> Result<Netns, CniError> {
+        Netns::open(&args.netns).map_err(|e| CniError::invalid_netns(format!("opening netns {:?}: {e}", args.netns)))
+    }
+
     fn open_pod(args: &CmdArgs) -> Result<(Netns, Handle), CniError> {
-        let ns = Netns::open(&args.netns).map_err(|e| CniError::invalid_netns(format!("opening netns {:?}: {e}", args.netns)))?;
+        let ns = Self::open_pod_ns(args)?;
         let h = Handle::in_netns(&ns).map_err(herr("opening netlink in the pod netns"))?;
         Ok((ns, h))
     }
@@ -452,13 +503,22 @@ impl Plugin for Coordinator {
         if conf.mode == crate::config::Mode::Disabled {
             return Ok(prev);
         }
-        let (pod_ns, pod) = Self::open_pod(args)?;
+        let pod_ns = Self::open_pod_ns(args)?;
+        // An underlay first NIC gets reply-steering rules from an iptables-restore process:
+        // start it now, beside everything else (install reconciles it with the plan).
+        let helper = if plan::underlay_first(&conf, &args.ifname) {
+            let fams = plan::mangle_families(&prev, &args.ifname);
+            if fams.is_empty() { None } else { Some(PodHelper::start(fams, &pod_ns)?) }
+        } else {
+            None
+        };
+        let pod = Handle::in_netns(&pod_ns).map_err(herr("opening netlink in the pod netns"))?;
         let host = Handle::new().map_err(herr("opening netlink"))?;
         mark("add: config, netlink sockets");
         let facts = read_facts(&conf, &args.ifname, &prev, &host, &pod)?;
         let plan = plan::plan(&conf, &args.ifname, &args.container_id, &prev, &facts)?;
         tracing::debug!(?plan, "coordinator plan");
-        install(&plan, &host, &pod, &pod_ns, &facts.pod_links)?;
+        install(&plan, &host, &pod, &pod_ns, &facts.pod_links, helper)?;
         Ok(prev)
     }
 
@@ -479,6 +539,9 @@ impl Plugin for Coordinator {
         }
         let prev = args.prev_result().ok().flatten().unwrap_or_default();
         let host = Handle::new().map_err(herr("opening netlink"))?;
+        if plan::underlay_first(&conf, &args.ifname) {
+            return del_underlay_first(args, &conf, &prev, &host);
+        }
         let pod = if args.netns.is_empty() { None } else { Self::open_pod(args).ok() };
         let is_first = args.ifname == conf.pod_default_cni_nic;
         let veth_name = plan::host_veth_name(&args.container_id);
@@ -561,6 +624,72 @@ impl Plugin for Coordinator {
         let plan = plan::plan(&conf, &args.ifname, &args.container_id, &prev, &facts)?;
         verify(&plan, &host, &pod)
     }
+}
+
+/// DEL of an underlay first NIC (the pod's `eth0` from macvlan, plus our veth pair).
+///
+/// The pod side (rules; routes via veth0 go with the veth) is removed on a thread inside the
+/// pod while this thread deletes the veth pair from the host side: entering a namespace right
+/// after the kernel deleted a device anywhere (the previous plugin's DEL, often) waits for
+/// the kernel for a few milliseconds, and the veth deletion itself waits for the kernel far
+/// longer, so the two waits overlap instead of adding up. The plan is the one ADD computed
+/// (an underlay first NIC's plan depends only on the config, prevResult and the node's IPs).
+fn del_underlay_first(args: &CmdArgs, conf: &Conf, prev: &CniResult, host: &Handle) -> Result<(), CniError> {
+    let veth_name = plan::host_veth_name(&args.container_id);
+    mark("del: config, netlink socket");
+    let pod_side = if args.netns.is_empty() || prev.ips.is_empty() {
+        None
+    } else {
+        let pod_ips: Vec<IpNet> = prev.ips.iter().map(|i| i.address).collect();
+        let node_ips = if conf.node_ips.is_empty() { node_ips(host, &pod_ips)? } else { conf.node_ips.clone() };
+        let facts = Facts { node_ips, ..Facts::default() };
+        match plan::plan(conf, &args.ifname, &args.container_id, prev, &facts) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::warn!("DEL: cannot plan the pod side: {}", e.msg);
+                None
+            }
+        }
+    };
+    mark("del: plan");
+    // The pod side, with its own handle (None when the netns is gone).
+    let pod_work = |netns: String, plan: Option<Plan>, prev: CniResult| {
+        move || -> Option<Handle> {
+            let ns = Netns::open(&netns).ok()?;
+            let h = Handle::in_netns(&ns).ok()?;
+            if let Some(p) = &plan {
+                remove_pod_side(p, &h, &prev);
+            }
+            Some(h)
+        }
+    };
+    let worker = std::thread::Builder::new()
+        .name("knit-coordinator-pod".into())
+        .spawn(pod_work(args.netns.clone(), pod_side.clone(), prev.clone()));
+    // Host side: the table-500 routes go with the host veth; deleting the host end deletes
+    // veth0 in the pod too.
+    let deleted = match link::delete_by_name(host, &veth_name) {
+        Ok(_) => Ok(()),
+        Err(e) if e.is_not_found() => Ok(()),
+        Err(e) => Err(herr("deleting the host veth")(e)),
+    };
+    mark("del: veth pair");
+    let pod = match worker {
+        Ok(h) => h.join().unwrap_or_else(|_| {
+            tracing::warn!("DEL: the pod-side thread panicked");
+            None
+        }),
+        Err(e) => {
+            tracing::warn!("DEL: no thread for the pod side ({e}); doing it here");
+            pod_work(args.netns.clone(), pod_side, prev.clone())()
+        }
+    };
+    mark("del: pod side (waited for)");
+    // A veth0 that did not belong to our host veth (a stale one) goes too.
+    if let Some(pod) = &pod {
+        let _ = link::delete_by_name(pod, POD_VETH);
+    }
+    deleted
 }
 
 /// Removes the plan's pod rules and routes. What belongs to this NIC (its table, its source

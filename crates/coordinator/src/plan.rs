@@ -202,23 +202,58 @@ pub fn mangle_rules() -> String {
     )
 }
 
-/// Computes the plan for ADD (and for CHECK/DEL, which use the same data).
-pub fn plan(conf: &Conf, ifname: &str, container_id: &str, prev: &CniResult, facts: &Facts) -> Result<Plan, CniError> {
-    let mode = resolve_mode(conf, ifname, &facts.pod_links)?;
-    let mut p = Plan { mode, ifname: ifname.to_string(), ..Plan::default() };
-    let Some(mode) = mode else { return Ok(p) };
-
-    // The NIC's addresses, from prevResult: the IPs of the interface named ifname in the
-    // sandbox, or every IP when the result does not say which interface holds it.
-    let nic_ips: Vec<IpNet> = prev
-        .ips
+/// The NIC's addresses, from prevResult: the IPs of the interface named `ifname` in the
+/// sandbox, or every IP when the result does not say which interface holds it.
+pub fn nic_ips(prev: &CniResult, ifname: &str) -> Vec<IpNet> {
+    prev.ips
         .iter()
         .filter(|ip| match ip.interface {
             Some(i) => prev.interfaces.get(i as usize).map(|x| x.name == ifname).unwrap_or(true),
             None => true,
         })
         .map(|ip| ip.address)
-        .collect();
+        .collect()
+}
+
+/// True when the config and interface alone decide underlay mode for the pod's first NIC (no
+/// facts needed), as [`resolve_mode`] does.
+pub fn underlay_first(conf: &Conf, ifname: &str) -> bool {
+    matches!(conf.mode, Mode::Auto | Mode::Underlay) && ifname == conf.pod_default_cni_nic
+}
+
+/// The families whose reply-steering rules ([`mangle_rules`]) an underlay first NIC would get:
+/// one per family of its addresses (the plan drops a family the node has no IP of).
+pub fn mangle_families(prev: &CniResult, ifname: &str) -> Vec<Family> {
+    let mut out: Vec<Family> = Vec::new();
+    for n in nic_ips(prev, ifname) {
+        let f = Family::of_net(&n);
+        if !out.contains(&f) {
+            out.push(f);
+        }
+    }
+    out
+}
+
+/// iptables-restore input that removes what [`mangle_rules`] installed.
+pub fn mangle_removal() -> String {
+    "*mangle\n\
+     -D PREROUTING -j KNIT-COORD-PRE\n\
+     -D OUTPUT -j KNIT-COORD-OUT\n\
+     -F KNIT-COORD-PRE\n\
+     -F KNIT-COORD-OUT\n\
+     -X KNIT-COORD-PRE\n\
+     -X KNIT-COORD-OUT\n\
+     COMMIT\n"
+        .to_string()
+}
+
+/// Computes the plan for ADD (and for CHECK/DEL, which use the same data).
+pub fn plan(conf: &Conf, ifname: &str, container_id: &str, prev: &CniResult, facts: &Facts) -> Result<Plan, CniError> {
+    let mode = resolve_mode(conf, ifname, &facts.pod_links)?;
+    let mut p = Plan { mode, ifname: ifname.to_string(), ..Plan::default() };
+    let Some(mode) = mode else { return Ok(p) };
+
+    let nic_ips = nic_ips(prev, ifname);
     if nic_ips.is_empty() {
         return Err(CniError::invalid_config(format!("prevResult has no IP for {ifname}")));
     }

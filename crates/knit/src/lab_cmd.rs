@@ -109,6 +109,33 @@ enum LabSub {
         /// The lab's name (default: `m<pid>`).
         #[arg(long)]
         name: Option<String>,
+        /// Probe a lab that is up (`knit lab up`) instead of building one; it stays up.
+        #[arg(long, conflicts_with_all = ["topology", "name"])]
+        lab: Option<String>,
+    },
+    /// Add a node (with pods) to a running cluster-mode lab (`up --datastore etcd`).
+    AddNode {
+        #[arg(long, default_value = "lab")]
+        name: String,
+        #[arg(long, default_value = DEFAULT_RUN_DIR)]
+        run_dir: PathBuf,
+        /// The new node's name.
+        node: String,
+        /// Its eth0 address (CIDR, in the nodes' fabric subnet).
+        #[arg(long)]
+        ip: ipnet::IpNet,
+        /// A pod on it: NAME:overlay, NAME:underlay:POOL or NAME:multinic:POOL (repeatable).
+        #[arg(long = "pod")]
+        pods: Vec<String>,
+    },
+    /// Remove a node and its pods from a running cluster-mode lab.
+    RemoveNode {
+        #[arg(long, default_value = "lab")]
+        name: String,
+        #[arg(long, default_value = DEFAULT_RUN_DIR)]
+        run_dir: PathBuf,
+        /// The node.
+        node: String,
     },
     /// The pods' TCP/UDP echo server (runs inside a pod; `knit lab up` starts it).
     Serve {
@@ -126,7 +153,13 @@ pub fn run(c: LabCmd) -> ExitCode {
         LabSub::Down { name, run_dir } => down(&name, &run_dir),
         LabSub::Exec { name, run_dir, target, cmd } => return exec(&name, &run_dir, &target, &cmd),
         LabSub::Status { name, run_dir } => status(name.as_deref(), &run_dir),
-        LabSub::Matrix { build, json, name } => return wait_if_interrupted(matrix_cmd(&build, json, name)),
+        LabSub::Matrix { build, json, name, lab: Some(lab) } => {
+            let _ = name;
+            return matrix_existing(&build, json, &lab);
+        }
+        LabSub::Matrix { build, json, name, lab: None } => return wait_if_interrupted(matrix_cmd(&build, json, name)),
+        LabSub::AddNode { name, run_dir, node, ip, pods } => add_node(&name, &run_dir, &node, ip, &pods),
+        LabSub::RemoveNode { name, run_dir, node } => remove_node(&name, &run_dir, &node),
         LabSub::Serve { pod, port } => serve(&pod, port),
     };
     let res = if INTERRUPTED.load(Ordering::SeqCst) { wait_if_interrupted(ExitCode::FAILURE); res } else { res };
@@ -417,6 +450,73 @@ fn matrix_run(build: &BuildArgs, json: bool, name: Option<String>) -> Result<boo
         );
     }
     Ok(failed == 0)
+}
+
+fn parse_pod(spec: &str, node: &str) -> Result<knit_lab::topology::Pod, LabError> {
+    let parts: Vec<&str> = spec.split(':').collect();
+    let kind = match parts.get(1).copied() {
+        Some("overlay") => knit_lab::topology::PodKind::Overlay,
+        Some("underlay") => knit_lab::topology::PodKind::Underlay,
+        Some("multinic") => knit_lab::topology::PodKind::Multinic,
+        _ => return Err(LabError::Invalid(format!("--pod {spec:?}: use NAME:overlay, NAME:underlay:POOL or NAME:multinic:POOL"))),
+    };
+    Ok(knit_lab::topology::Pod { name: parts[0].to_string(), node: node.to_string(), kind, pool: parts.get(2).map(|p| p.to_string()) })
+}
+
+fn add_node(name: &str, run_dir: &Path, node: &str, ip: ipnet::IpNet, pods: &[String]) -> Result<(), LabError> {
+    let mut lab = Lab::open(name, run_dir)?;
+    let pods = pods.iter().map(|p| parse_pod(p, node)).collect::<Result<Vec<_>, _>>()?;
+    let exe = std::env::current_exe().map_err(|e| LabError::Invalid(format!("own executable: {e}")))?;
+    let t0 = Instant::now();
+    let n = pods.len();
+    lab.add_node(knit_lab::topology::Node { name: node.to_string(), ip }, pods, &exe, &cni_path())?;
+    eprintln!("knit lab: {node} joined {name} with {n} pods; every node and the ToR route to it ({:.1}s)", t0.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn remove_node(name: &str, run_dir: &Path, node: &str) -> Result<(), LabError> {
+    let mut lab = Lab::open(name, run_dir)?;
+    let t0 = Instant::now();
+    lab.remove_node(node)?;
+    eprintln!("knit lab: {node} left {name}; its routes are withdrawn everywhere ({:.1}s)", t0.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// The matrix against a lab that is up.
+fn matrix_existing(build: &BuildArgs, json: bool, name: &str) -> ExitCode {
+    let t0 = Instant::now();
+    let lab = match Lab::open(name, &build.run_dir) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("knit lab matrix: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let jobs = matrix::plan_cells(&lab.state);
+    let cells = match matrix::run(&lab, jobs, &|_| {}) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("knit lab matrix: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let passed = cells.iter().filter(|c| c.ok).count();
+    let failed = cells.len() - passed;
+    let seconds = t0.elapsed().as_secs_f64();
+    if json {
+        println!("{}", serde_json::json!({"cells": cells, "passed": passed, "failed": failed, "seconds": seconds, "lab": name}));
+    } else {
+        println!("{}", matrix::table(&cells));
+        for c in cells.iter().filter(|c| !c.ok) {
+            println!("❌ {} → {} [{} {}]: {}", c.source, c.target, c.proto.as_str(), placement_name(c), c.detail);
+        }
+        println!("{} cells: {passed} passed, {failed} failed in {seconds:.1}s (lab {name})", cells.len());
+    }
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }
 
 fn placement_name(c: &Cell) -> &'static str {

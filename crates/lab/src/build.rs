@@ -101,7 +101,7 @@ pub struct Lab {
     pub plan: LabPlan,
     /// What was built.
     pub state: LabState,
-    namespaces: BTreeMap<String, Netns>,
+    pub(crate) namespaces: BTreeMap<String, Netns>,
     servers: Vec<ServerHandle>,
     children: Vec<Child>,
     keep: bool,
@@ -131,11 +131,14 @@ impl Lab {
             kube_proxy: mode_name(opts.kube_proxy).into(),
             underlay_routes: opts.underlay_routes,
             pods: BTreeMap::new(),
+            etcd: None,
             pids: Vec::new(),
         };
         let mut plan = plan;
+        let mut state = state;
         if opts.datastore == Datastore::Etcd {
             plan.etcd = Some(plan::etcd_endpoint(&plan.topo)?);
+            state.etcd = plan.etcd.clone();
         }
         let mut lab = Lab { plan, state, namespaces: BTreeMap::new(), servers: Vec::new(), children: Vec::new(), keep: false };
         // On error `lab` drops here and tears down what was made.
@@ -148,7 +151,8 @@ impl Lab {
         plan::validate_name(name)?;
         let path = run_dir.join(name).join("state.json");
         let state = LabState::load(&path)?;
-        let plan = LabPlan::new(name, run_dir, state.topology.clone())?;
+        let mut plan = LabPlan::new(name, run_dir, state.topology.clone())?;
+        plan.etcd = state.etcd.clone();
         let mut namespaces = BTreeMap::new();
         for full in existing_namespaces(name)? {
             let ns = Netns::open_named(&full).map_err(host(format!("open namespace {full}")))?;
@@ -188,11 +192,11 @@ impl Lab {
             self.start_agents(opts)?;
         }
         progress("pods (CNI ADD)")?;
-        self.add_pods(&opts.cni_path)?;
+        self.add_pods(&opts.cni_path, None)?;
         progress("kube-proxy rules")?;
         self.install_kube_proxy(opts.kube_proxy)?;
         progress("echo servers")?;
-        self.start_servers(&opts.serve)?;
+        self.start_servers(&opts.serve, None)?;
         progress("BGP (BIRD)")?;
         match opts.datastore {
             Datastore::Local => self.start_bgp(opts.underlay_routes)?,
@@ -211,12 +215,7 @@ impl Lab {
         parts.extend(topo.pods.iter().map(|p| p.name.clone()));
         for part in parts {
             check_cancel()?;
-            let full = self.plan.ns(&part);
-            let ns = Netns::create_named(&full).map_err(host(format!("create namespace {full}")))?;
-            let h = Handle::in_netns(&ns).map_err(host(format!("netlink in {full}")))?;
-            let lo = link::index_of(&h, "lo").map_err(host(format!("lo in {full}")))?;
-            link::set_up(&h, lo).map_err(host(format!("lo up in {full}")))?;
-            self.namespaces.insert(full, ns);
+            self.make_ns(&part)?;
         }
         Ok(())
     }
@@ -246,24 +245,51 @@ impl Lab {
             uplinks.push((c.name.clone(), 'c', c.ip, c.gateway, master));
         }
         for (name, kind, ip, gw, master) in uplinks {
-            let ns = self.netns(&name)?;
-            let port = LabPlan::fabric_link(kind, &name);
-            let what = format!("{name}'s uplink");
-            let idx = link::create_veth(&fh, &port, "eth0", Some(ns), &VethOptions { up: true, ..Default::default() })
-                .map_err(host(what.clone()))?;
-            link::set_master(&fh, idx, Some(master)).map_err(host(what.clone()))?;
-            let h = Handle::in_netns(ns).map_err(host(what.clone()))?;
-            let eth0 = link::index_of(&h, "eth0").map_err(host(what.clone()))?;
-            addr::add(&h, &addr::Address::new(eth0, ip)).map_err(host(format!("{name}: address {ip}")))?;
-            route::add(&h, &Route::default_via(gw, Some(eth0))).map_err(host(format!("{name}: default via {gw}")))?;
-            if kind == 'n' {
-                sysctl::set_in(ns, "net.ipv4.ip_forward", "1").map_err(host(format!("{name}: forwarding")))?;
-            }
+            self.uplink(&fh, &name, kind, ip, gw, master)?;
         }
         Ok(())
     }
 
-    fn add_pods(&mut self, cni_path: &[PathBuf]) -> Result<()> {
+    /// `eth0` of `name` (a node or client namespace) on a fabric bridge, with its address and
+    /// default route.
+    fn uplink(&self, fh: &Handle, name: &str, kind: char, ip: IpNet, gw: IpAddr, master: u32) -> Result<()> {
+        let ns = self.netns(name)?;
+        let port = LabPlan::fabric_link(kind, name);
+        let what = format!("{name}'s uplink");
+        let idx = link::create_veth(fh, &port, "eth0", Some(ns), &VethOptions { up: true, ..Default::default() }).map_err(host(what.clone()))?;
+        link::set_master(fh, idx, Some(master)).map_err(host(what.clone()))?;
+        let h = Handle::in_netns(ns).map_err(host(what.clone()))?;
+        let eth0 = link::index_of(&h, "eth0").map_err(host(what.clone()))?;
+        addr::add(&h, &addr::Address::new(eth0, ip)).map_err(host(format!("{name}: address {ip}")))?;
+        route::add(&h, &Route::default_via(gw, Some(eth0))).map_err(host(format!("{name}: default via {gw}")))?;
+        if kind == 'n' {
+            sysctl::set_in(ns, "net.ipv4.ip_forward", "1").map_err(host(format!("{name}: forwarding")))?;
+        }
+        Ok(())
+    }
+
+    /// Adds node `node` (already in the topology) to the fabric: namespace and uplink.
+    pub(crate) fn make_node(&mut self, node: &str) -> Result<()> {
+        self.make_ns(node)?;
+        let n = self.plan.topo.node(node).cloned().ok_or_else(|| LabError::Invalid(format!("no node {node}")))?;
+        let gw = self.plan.topo.fabric_gateway_for(n.ip.addr()).ok_or_else(|| LabError::Invalid(format!("node {node}: {} is in no fabric subnet", n.ip)))?;
+        let fh = Handle::in_netns(self.netns(crate::topology::FABRIC_NAME)?).map_err(host("netlink in the fabric"))?;
+        let br = link::index_of(&fh, UNDERLAY_BRIDGE).map_err(host("fabric bridge"))?;
+        self.uplink(&fh, node, 'n', n.ip, gw.addr(), br)
+    }
+
+    /// Creates the namespace of a node, pod or client (`part`), with `lo` up.
+    pub(crate) fn make_ns(&mut self, part: &str) -> Result<()> {
+        let full = self.plan.ns(part);
+        let ns = Netns::create_named(&full).map_err(host(format!("create namespace {full}")))?;
+        let h = Handle::in_netns(&ns).map_err(host(format!("netlink in {full}")))?;
+        let lo = link::index_of(&h, "lo").map_err(host(format!("lo in {full}")))?;
+        link::set_up(&h, lo).map_err(host(format!("lo up in {full}")))?;
+        self.namespaces.insert(full, ns);
+        Ok(())
+    }
+
+    pub(crate) fn add_pods(&mut self, cni_path: &[PathBuf], only_node: Option<&str>) -> Result<()> {
         let plan = &self.plan;
         let topo = &plan.topo;
         let namespaces = &self.namespaces;
@@ -272,6 +298,7 @@ impl Lab {
             let handles: Vec<_> = topo
                 .nodes
                 .iter()
+                .filter(|n| only_node.is_none_or(|o| o == n.name))
                 .map(|node| {
                     s.spawn(move || -> Result<Vec<PodState>> {
                         let node_ns = namespaces
@@ -337,7 +364,7 @@ impl Lab {
         pods.iter().filter_map(|p| p.primary_ip().map(|ip| (ip, p.node.clone()))).collect()
     }
 
-    fn install_kube_proxy(&self, mode: Mode) -> Result<()> {
+    pub(crate) fn install_kube_proxy(&self, mode: Mode) -> Result<()> {
         let topo = &self.plan.topo;
         let mut ports = Vec::new();
         for svc in &topo.services {
@@ -360,9 +387,9 @@ impl Lab {
         Ok(())
     }
 
-    fn start_servers(&mut self, serve: &Serve) -> Result<()> {
+    pub(crate) fn start_servers(&mut self, serve: &Serve, only_node: Option<&str>) -> Result<()> {
         let port = self.plan.topo.echo_port;
-        let pods: Vec<String> = self.state.pods.keys().cloned().collect();
+        let pods: Vec<String> = self.state.pods.values().filter(|p| only_node.is_none_or(|o| o == p.node)).map(|p| p.name.clone()).collect();
         for pod in pods {
             let ns = self.netns(&pod)?;
             match serve {
@@ -393,7 +420,7 @@ impl Lab {
         if matches!(serve, Serve::Processes { .. }) {
             // Wait until every server listens, so `up` returns a usable lab.
             let deadline = Instant::now() + Duration::from_secs(5);
-            for p in self.state.pods.values() {
+            for p in self.state.pods.values().filter(|p| only_node.is_none_or(|o| o == p.node)) {
                 let Some(ip) = p.primary_ip() else { continue };
                 let ns = self.netns(&p.name)?;
                 let dst = std::net::SocketAddr::new(ip, port);
@@ -420,7 +447,7 @@ impl Lab {
         Ok(list.into_iter().map(|u| IpNet::from(u.ip)).collect())
     }
 
-    fn blocks(&self, node: &str) -> Result<Vec<IpNet>> {
+    pub(crate) fn blocks(&self, node: &str) -> Result<Vec<IpNet>> {
         let err = |e: String| LabError::Ipam(format!("blocks of {node}: {e}"));
         if self.plan.etcd.is_none() {
             return knit_ipam::blocks_of(&self.plan.ipam_dir(), node).map_err(|e| err(e.to_string()));
@@ -480,6 +507,11 @@ impl Lab {
     }
 
     fn start_tor(&mut self, sessions: Vec<TorSession>) -> Result<()> {
+        let text = self.tor_text(sessions)?;
+        self.spawn_bird(crate::topology::FABRIC_NAME, Some(&text))
+    }
+
+    fn tor_text(&self, sessions: Vec<TorSession>) -> Result<String> {
         let topo = self.plan.topo.clone();
         let router_id = topo
             .fabric
@@ -497,8 +529,7 @@ impl Lab {
             accept: vec![topo.overlay_cidr, topo.service_cidr],
             timers: Timers::FAST,
         };
-        let text = bird::tor_config(&tor).map_err(|e| LabError::Bgp { node: "fabric".into(), msg: e.to_string() })?;
-        self.spawn_bird(crate::topology::FABRIC_NAME, Some(&text))
+        bird::tor_config(&tor).map_err(|e| LabError::Bgp { node: "fabric".into(), msg: e.to_string() })
     }
 
     /// Cluster mode: node BIRDs run the configuration their agent wrote (the agent reloads
@@ -506,6 +537,26 @@ impl Lab {
     fn start_bgp_cluster(&mut self) -> Result<()> {
         let nodes: Vec<String> = self.plan.topo.nodes.iter().map(|n| n.name.clone()).collect();
         for n in &nodes {
+            self.start_node_bird_cluster(n)?;
+        }
+        let sessions = self.tor_sessions()?;
+        self.start_tor(sessions)
+    }
+
+    /// Rewrites the ToR's configuration for the current nodes and reloads it (sessions of
+    /// unchanged nodes stay up).
+    pub(crate) fn reconfigure_tor(&mut self) -> Result<()> {
+        let text = self.tor_text(self.tor_sessions()?)?;
+        let b = Bird::new(self.plan.bird_dir(crate::topology::FABRIC_NAME));
+        let err = |e: bird::BirdError| LabError::Bgp { node: "fabric".into(), msg: e.to_string() };
+        b.write_config(&text).map_err(err)?;
+        let ns = self.netns(crate::topology::FABRIC_NAME)?;
+        ns.run(|| b.configure()).map_err(host("enter fabric"))?.map_err(err)
+    }
+
+    /// Starts node `n`'s BIRD once its agent wrote a complete configuration.
+    pub(crate) fn start_node_bird_cluster(&mut self, n: &String) -> Result<()> {
+        {
             let conf = Bird::new(self.plan.bird_dir(n)).config_path();
             // Start BIRD once the agent's configuration holds everything the node has (its
             // blocks, underlay IPs and every peer): a later reload would then change nothing,
@@ -531,8 +582,7 @@ impl Lab {
             }
             self.spawn_bird(n, None)?;
         }
-        let sessions = self.tor_sessions()?;
-        self.start_tor(sessions)
+        Ok(())
     }
 
     fn start_etcd(&mut self) -> Result<()> {
@@ -581,9 +631,18 @@ impl Lab {
     }
 
     fn start_agents(&mut self, opts: &Options) -> Result<()> {
+        let nodes: Vec<String> = self.plan.topo.nodes.iter().map(|n| n.name.clone()).collect();
+        for n in &nodes {
+            self.start_agent(n, &opts.knit_exe)?;
+        }
+        Ok(())
+    }
+
+    /// Starts node `node`'s agent (`knit node run`) and waits for its CIDR file.
+    pub(crate) fn start_agent(&mut self, node: &str, knit_exe: &Path) -> Result<()> {
         let ep = self.plan.etcd.clone().ok_or_else(|| LabError::Invalid("no etcd endpoint".into()))?;
         let topo = self.plan.topo.clone();
-        for n in &topo.nodes {
+        for n in topo.nodes.iter().filter(|n| n.name == node) {
             let gw = topo.fabric_gateway_for(n.ip.addr()).map(|g| g.addr()).ok_or_else(|| LabError::Invalid(format!("node {}: no fabric subnet", n.name)))?;
             let ipam_file = self.plan.dir.join(format!("ipam-{}.json", n.name));
             let conf = self.plan.overlay_conflist(&n.name);
@@ -593,7 +652,7 @@ impl Lab {
             let log = self.plan.dir.join(format!("agent-{}.log", n.name));
             let out = fs::File::create(&log).map_err(io("create log", &log))?;
             let err = out.try_clone().map_err(io("create log", &log))?;
-            let mut cmd = Command::new(&opts.knit_exe);
+            let mut cmd = Command::new(knit_exe);
             cmd.args(["node", "run", "--etcd-endpoints", &ep, "--node", &n.name, "--node-ip", &n.ip.addr().to_string()])
                 .args(["--as", &topo.node_asn.to_string(), "--tor", &gw.to_string(), "--tor-as", &topo.tor_asn.to_string()])
                 .arg("--bird-dir")
@@ -615,7 +674,7 @@ impl Lab {
         }
         // Pods need the coordinator's CIDR file, which the agents write from etcd.
         let deadline = Instant::now() + Duration::from_secs(15);
-        for n in &topo.nodes {
+        for n in topo.nodes.iter().filter(|n| n.name == node) {
             let f = self.plan.cidr_file(&n.name);
             while !f.exists() {
                 if let Some(dead) = self.dead_child() {
@@ -652,7 +711,7 @@ impl Lab {
 
     /// Waits until every node has the other nodes' blocks (and underlay /32s) from BIRD, and
     /// the ToR has every block and the Service CIDR.
-    fn wait_converged(&mut self, underlay_routes: bool) -> Result<()> {
+    pub(crate) fn wait_converged(&mut self, underlay_routes: bool) -> Result<()> {
         let topo = self.plan.topo.clone();
         let mut want: BTreeMap<String, BTreeSet<IpNet>> = BTreeMap::new();
         let mut all_blocks = BTreeSet::new();
@@ -837,6 +896,35 @@ pub fn down(name: &str, run_dir: &Path) -> Result<Teardown> {
         fs::remove_dir_all(&dir).map_err(io("remove lab directory", &dir))?;
     }
     Ok(report)
+}
+
+/// Removes some namespaces of a running lab: SIGTERM to their processes (an agent leaves the
+/// registry), SIGKILL to what is left after a grace period, then the namespaces themselves.
+pub(crate) fn remove_namespaces(names: &[String]) -> Result<()> {
+    let mut inodes = BTreeSet::new();
+    for n in names {
+        if let Ok(ns) = Netns::open_named(n) {
+            if let Ok(i) = ns.inode() {
+                inodes.insert(i);
+            }
+        }
+    }
+    let me = std::process::id();
+    let victims: Vec<u32> = processes_in(&inodes).into_iter().filter(|p| *p != me).collect();
+    let alive = |v: &[u32]| v.iter().any(|p| Path::new(&format!("/proc/{p}")).exists() && !is_zombie(*p));
+    for sig in [nix::sys::signal::Signal::SIGTERM, nix::sys::signal::Signal::SIGKILL] {
+        for pid in &victims {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid as i32), sig);
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while alive(&victims) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    for n in names {
+        Netns::delete_named(n).map_err(host(format!("delete namespace {n}")))?;
+    }
+    Ok(())
 }
 
 fn is_zombie(pid: u32) -> bool {

@@ -13,6 +13,7 @@ pub mod build;
 pub mod error;
 pub mod kubeproxy;
 pub mod matrix;
+pub mod membership;
 pub mod plan;
 pub mod serve;
 pub mod state;

@@ -547,7 +547,7 @@ mod tests {
             }
             pods.insert(p.name.clone(), PodState { name: p.name.clone(), node: p.node.clone(), kind: p.kind, pool: p.pool.clone(), ips });
         }
-        LabState { name: "t".into(), topology: topo, kube_proxy: "legacy".into(), underlay_routes: true, pods, pids: vec![] }
+        LabState { name: "t".into(), topology: topo, kube_proxy: "legacy".into(), underlay_routes: true, pods, etcd: None, pids: vec![] }
     }
 
     #[test]

@@ -52,6 +52,9 @@ pub struct LabState {
     pub underlay_routes: bool,
     /// Pods by name.
     pub pods: BTreeMap<String, PodState>,
+    /// Cluster mode: the lab's etcd endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd: Option<String>,
     /// Processes the lab started (BIRD, echo servers) that outlive the command.
     #[serde(default)]
     pub pids: Vec<u32>,

@@ -219,6 +219,32 @@ fn a_killed_node_agent_leaves_the_other_nodes_peers_within_its_lease() {
     let peer3 = format!("peer_{node3_ip} ");
     assert!(conf("node1").contains(&peer3), "node1 should peer with node3:\n{}", conf("node1"));
 
+    // A connection from a pod on node1 to a pod on node3, open across the agent's death.
+    let overlay3_ip: std::net::IpAddr = state["pods"]["overlay3"]["ips"]["eth0"][0].as_str().unwrap().parse().unwrap();
+    let ns3 = knit_host::Netns::open_named(&format!("knit-{name}-overlay3")).unwrap();
+    let ns1 = knit_host::Netns::open_named(&format!("knit-{name}-overlay1")).unwrap();
+    let listener = ns3.run(|| std::net::TcpListener::bind("0.0.0.0:9999")).unwrap().unwrap();
+    std::thread::spawn(move || {
+        use std::io::{BufRead, Write};
+        if let Ok((conn, _)) = listener.accept() {
+            let mut w = conn.try_clone().unwrap();
+            for line in std::io::BufReader::new(conn).lines().map_while(Result::ok) {
+                let _ = writeln!(w, "{line}");
+            }
+        }
+    });
+    let mut conn = ns1.run(|| std::net::TcpStream::connect((overlay3_ip, 9999))).unwrap().unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+    let mut echo = |msg: &str| -> String {
+        use std::io::{BufRead, Write};
+        writeln!(conn, "{msg}").unwrap();
+        let mut r = std::io::BufReader::new(conn.try_clone().unwrap());
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        line.trim().to_string()
+    };
+    assert_eq!(echo("before"), "before");
+
     // SIGKILL node3's agent (the process whose command line names it).
     let mut killed = false;
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -237,9 +263,67 @@ fn a_killed_node_agent_leaves_the_other_nodes_peers_within_its_lease() {
         assert!(std::time::Instant::now() < deadline, "node3 still a peer after its lease:\n{}", conf("node1"));
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    // node3's BIRD still runs and the ToR still routes to it: the open connection carries on.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(echo("after"), "after");
     // node1 and node2 still peer with each other.
     let node2_ip = state["topology"]["nodes"][1]["ip"].as_str().unwrap().split('/').next().unwrap().replace('.', "_");
     assert!(conf("node1").contains(&format!("peer_{node2_ip} ")));
+    assert!(knit(&["lab", "down", "--name", &name]).status.success());
+    assert_gone(&name);
+}
+
+/// `knit lab matrix --lab NAME --json` against a running lab.
+fn matrix_on(name: &str) -> Value {
+    let out = knit(&["lab", "matrix", "--lab", name, "--json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("matrix JSON: {e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let f = failures(&v);
+    assert!(f.is_empty() && out.status.success(), "{} failing cells:\n{}", f.len(), f.join("\n"));
+    v
+}
+
+#[test]
+fn nodes_join_and_leave_a_cluster_mode_lab() {
+    let name = lab_name("mem");
+    let _guard = scopeguard(&name);
+    let out = knit(&["lab", "up", "--name", &name, "--datastore", "etcd"]);
+    assert!(out.status.success(), "up: {}", String::from_utf8_lossy(&out.stderr));
+    let before = matrix_on(&name)["cells"].as_array().unwrap().len();
+
+    // A fourth node joins with one pod of each kind: its agent finds the others in etcd.
+    let add = knit(&["lab", "add-node", "--name", &name, "node4", "--ip", "172.16.1.5/16", "--pod", "o4:overlay", "--pod", "u4:underlay:underlay17", "--pod", "m4:multinic:underlay16"]);
+    assert!(add.status.success(), "add-node: {}", String::from_utf8_lossy(&add.stderr));
+    let v = matrix_on(&name);
+    let cells = v["cells"].as_array().unwrap();
+    assert!(cells.len() > before);
+    // The new pods are reached from every other node's pods, and reach them.
+    for pod in ["o4", "u4", "m4"] {
+        assert!(cells.iter().any(|c| c["target"].as_str().unwrap().starts_with(&format!("{pod}/")) && c["source"] == "overlay1" && c["ok"] == true));
+        assert!(cells.iter().any(|c| c["source"] == pod && c["placement"] == "cross-node" && c["ok"] == true));
+    }
+
+    // node2 leaves: its routes are withdrawn everywhere (remove-node waits for that) and the
+    // remaining cells all pass.
+    let rm = knit(&["lab", "remove-node", "--name", &name, "node2"]);
+    assert!(rm.status.success(), "remove-node: {}", String::from_utf8_lossy(&rm.stderr));
+    assert!(!Path::new(&format!("/run/netns/knit-{name}-node2")).exists());
+    assert!(!Path::new(&format!("/run/netns/knit-{name}-overlay2")).exists());
+    let v = matrix_on(&name);
+    assert!(v["cells"].as_array().unwrap().iter().all(|c| c["source"] != "overlay2" && !c["target"].as_str().unwrap().starts_with("overlay2/")));
+
+    assert!(knit(&["lab", "down", "--name", &name]).status.success());
+    assert_gone(&name);
+}
+
+#[test]
+fn add_node_needs_cluster_mode() {
+    let name = lab_name("nomem");
+    let _guard = scopeguard(&name);
+    let topo = small_topology();
+    assert!(knit(&["lab", "up", "--name", &name, "--topology", topo.to_str().unwrap()]).status.success());
+    let add = knit(&["lab", "add-node", "--name", &name, "c3", "--ip", "192.168.50.13/24"]);
+    assert!(!add.status.success());
+    assert!(String::from_utf8_lossy(&add.stderr).contains("cluster mode"), "{}", String::from_utf8_lossy(&add.stderr));
     assert!(knit(&["lab", "down", "--name", &name]).status.success());
     assert_gone(&name);
 }
