@@ -115,7 +115,11 @@ impl LabPlan {
 
     /// The container ID a pod's attachments use.
     pub fn container_id(&self, pod: &str) -> String {
-        format!("knit-{}-{pod}", self.name)
+        // 64 hex digits, as containerd's IDs: plugins name host links after its first
+        // characters (the coordinator's `veth` + 11), so they must differ between pods.
+        use sha2::{Digest, Sha256};
+        let d = Sha256::digest(format!("knit-lab/{}/{pod}", self.name).as_bytes());
+        d.iter().map(|b| format!("{b:02x}")).collect()
     }
 
     /// CNI_ARGS of a pod, as the kubelet sets them.
@@ -268,7 +272,9 @@ mod tests {
         let p = plan();
         assert_eq!(p.fabric_ns(), "knit-t1-fabric");
         assert_eq!(p.ns("node1"), "knit-t1-node1");
-        assert_eq!(p.container_id("overlay1"), "knit-t1-overlay1");
+        let (a, b) = (p.container_id("underlay1"), p.container_id("underlay2"));
+        assert_eq!(a.len(), 64);
+        assert_ne!(a[..11], b[..11], "host link names derive from the first characters");
         assert!(p.ipam_dir().starts_with("/run/knit/lab/t1"));
     }
 
