@@ -243,7 +243,7 @@ fn plugin_err(what: String) -> impl FnOnce(knit_cni::CniError) -> Error {
 
 fn progress(opts: &Options, phase: &str, i: usize, n: usize) {
     let step = (n / 10).max(1);
-    if (i + 1) % step == 0 || i + 1 == n {
+    if (i + 1).is_multiple_of(step) || i + 1 == n {
         opts.progress(format!("{phase} {}/{n}", i + 1));
     }
 }

@@ -170,9 +170,9 @@ fn sequential(n: usize, chains: &[Chain; 2], s: &mut Series, opts: &Options) -> 
             opts.progress(format!("sequential ADD {}/{n}", i + 1));
         }
     }
-    for k in 0..2 {
-        if ips[k].len() != n {
-            return Err(Error::Check(format!("{}: {n} sequential ADDs gave {} distinct addresses", name(k), ips[k].len())));
+    for (k, got) in ips.iter().enumerate() {
+        if got.len() != n {
+            return Err(Error::Check(format!("{}: {n} sequential ADDs gave {} distinct addresses", name(k), got.len())));
         }
     }
     for (i, row) in results.iter().enumerate() {
@@ -201,14 +201,12 @@ fn name(k: usize) -> &'static str {
     }
 }
 
-/// Runs operations `range` of `chain` on [`WORKERS`] threads; returns per-op latencies, the
-/// wall time and the results in operation order.
-fn batch(
-    chain: &Chain,
-    k: usize,
-    range: std::ops::Range<usize>,
-    del: Option<&[Option<Value>]>,
-) -> Result<(Vec<(usize, Duration)>, Duration, Vec<(usize, Value)>)> {
+/// What a concurrent batch measured: per-operation latencies, the wall time, and the results
+/// (ADD), each with its operation number.
+type BatchOutcome = (Vec<(usize, Duration)>, Duration, Vec<(usize, Value)>);
+
+/// Runs operations `range` of `chain` on [`WORKERS`] threads.
+fn batch(chain: &Chain, k: usize, range: std::ops::Range<usize>, del: Option<&[Option<Value>]>) -> Result<BatchOutcome> {
     let next = AtomicUsize::new(range.start);
     let lat = Mutex::new(Vec::new());
     let out = Mutex::new(Vec::new());

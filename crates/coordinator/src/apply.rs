@@ -2,7 +2,14 @@
 //!
 //! The plugin runs in the node's namespace. Pod state is read and written through a netlink
 //! socket created inside the pod namespace; pod sysctls and the pod's iptables rules run on a
-//! short-lived thread inside it (knit-host does that), never by switching this thread.
+//! short-lived thread inside it (knit-host's `Netns::run`), never by switching this thread.
+//!
+//! Speed (DESIGN.md section 8, `knit bench cni-add-del`): an underlay ADD starts its
+//! `iptables-restore` helper first and does the netlink work beside it; the node's IPs come
+//! from the address list, not a dump of every link; host routes are replaced and deleted by
+//! key, never by listing table 500; an underlay DEL deletes the veth pair from the host side
+//! while a pod thread removes the pod's rules. Debug-level spans (`KNIT_LOG=knit_coordinator=debug`)
+//! show where an ADD or DEL spends its time.
 
 use std::net::IpAddr;
 
@@ -10,7 +17,7 @@ use ipnet::IpNet;
 use knit_cni::{CmdArgs, CniError, CniResult, Plugin};
 use knit_host::route::Route;
 use knit_host::rule::Rule;
-use knit_host::{addr, firewall, link, neigh, route, rule, sysctl, Family, Handle, Netns, Scope};
+use knit_host::{addr, link, neigh, route, rule, sysctl, Family, Handle, Netns, Scope};
 
 use crate::config::Conf;
 use crate::plan::{self, DevRoute, Facts, Plan, ResolvedMode, POD_VETH};
@@ -65,7 +72,13 @@ const LINK_LOOKUPS_MAX: usize = 16;
 /// interfaces that carry a global address, and reads the routing table only when a family
 /// has several candidates and none in the pod's subnet.
 pub fn node_ips(host: &Handle, pod_ips: &[IpNet]) -> Result<Vec<IpAddr>, CniError> {
-    let addrs: Vec<addr::Address> = addr::list(host, None, None)
+    node_ips_of(host, pod_ips, None)
+}
+
+/// [`node_ips`] of one family only, when given (the kernel filters; a node has an IPv6
+/// link-local address per pod veth, which an IPv4 pod never needs to read).
+fn node_ips_of(host: &Handle, pod_ips: &[IpNet], family: Option<Family>) -> Result<Vec<IpAddr>, CniError> {
+    let addrs: Vec<addr::Address> = addr::list(host, family, None)
         .map_err(herr("listing host addresses"))?
         .into_iter()
         .filter(|a| a.scope == Scope::Universe)
@@ -128,6 +141,17 @@ pub fn node_ips(host: &Handle, pod_ips: &[IpNet]) -> Result<Vec<IpAddr>, CniErro
     Ok(out)
 }
 
+/// The node IPs an underlay first NIC with addresses `nic_ips` needs: those of its families.
+fn underlay_node_ips(host: &Handle, nic_ips: &[IpNet]) -> Result<Vec<IpAddr>, CniError> {
+    let v4 = nic_ips.iter().any(|n| n.addr().is_ipv4());
+    let v6 = nic_ips.iter().any(|n| n.addr().is_ipv6());
+    match (v4, v6) {
+        (true, false) => node_ips_of(host, nic_ips, Some(Family::V4)),
+        (false, true) => node_ips_of(host, nic_ips, Some(Family::V6)),
+        _ => node_ips(host, nic_ips),
+    }
+}
+
 /// Reads the facts the plan needs from the pod and the node.
 fn read_facts(conf: &Conf, ifname: &str, prev: &CniResult, host: &Handle, pod: &Handle) -> Result<Facts, CniError> {
     mark("facts: begin");
@@ -168,7 +192,14 @@ fn read_facts(conf: &Conf, ifname: &str, prev: &CniResult, host: &Handle, pod: &
     }
     mark("facts: pod links, addresses, routes, rules");
     let pod_ips: Vec<IpNet> = prev.ips.iter().map(|i| i.address).collect();
-    facts.node_ips = if conf.node_ips.is_empty() { node_ips(host, &pod_ips)? } else { conf.node_ips.clone() };
+    facts.node_ips = if !conf.node_ips.is_empty() {
+        conf.node_ips.clone()
+    } else if secondary {
+        node_ips(host, &pod_ips)?
+    } else {
+        // An underlay first NIC uses the node IPs of its own families only.
+        underlay_node_ips(host, &plan::nic_ips(prev, ifname))?
+    };
     mark("facts: node IPs");
     Ok(facts)
 }
@@ -283,40 +314,78 @@ enum HelperMsg {
 struct PodHelper {
     families: Vec<Family>,
     tx: Option<std::sync::mpsc::Sender<HelperMsg>>,
-    handle: Option<std::thread::JoinHandle<knit_host::Result<()>>>,
+    handle: Option<std::thread::JoinHandle<Result<(), CniError>>>,
 }
 
 impl PodHelper {
-    fn start(families: Vec<Family>, pod_ns: &Netns) -> Result<PodHelper, CniError> {
+    /// Starts the helper; with `want_handle`, it also opens a netlink socket in the pod (it
+    /// is inside the pod anyway) and hands it back, sparing the caller a thread of its own.
+    fn start(families: Vec<Family>, pod_ns: &Netns, want_handle: bool) -> Result<(PodHelper, Option<Handle>), CniError> {
         let ns = pod_ns.try_clone().map_err(herr("opening the pod netns"))?;
         let (tx, rx) = std::sync::mpsc::channel::<HelperMsg>();
+        let (htx, hrx) = std::sync::mpsc::channel::<knit_host::Result<Handle>>();
         let fams = families.clone();
         let handle = std::thread::Builder::new()
             .name("knit-coordinator-pod".into())
             .spawn(move || {
-                ns.try_run(move || -> knit_host::Result<()> {
+                ns.run(move || -> Result<(), CniError> {
                     // This thread is inside the pod: iptables-restore inherits the namespace.
-                    let text = plan::mangle_rules();
-                    for f in &fams {
-                        firewall::iptables_restore(None, *f, &text, true)?;
+                    // The socket first: the caller waits for it, while nobody waits for the
+                    // rules until the end of the ADD.
+                    if want_handle {
+                        let h = Handle::new();
+                        let failed = h.is_err();
+                        let _ = htx.send(h);
+                        if failed {
+                            return Ok(()); // the caller reports it
+                        }
                     }
-                    let remove = |families: &[Family]| -> knit_host::Result<()> {
+                    drop(htx);
+                    let text = plan::mangle_rules();
+                    let started: Vec<_> = fams.iter().map(|f| spawn_restore(*f, &text)).collect();
+                    let mut first_err = None;
+                    for c in started {
+                        if let Err(e) = wait_restore(c) {
+                            first_err.get_or_insert(e);
+                        }
+                    }
+                    if let Some(e) = first_err {
+                        return Err(e);
+                    }
+                    let remove = |families: &[Family]| -> Result<(), CniError> {
                         for f in families {
-                            firewall::iptables_restore(None, *f, &plan::mangle_removal(), true)?;
+                            wait_restore(spawn_restore(*f, &plan::mangle_removal()))?;
                         }
                         Ok(())
                     };
                     match rx.recv() {
                         Ok(HelperMsg::Finish { sysctls, remove: extra }) => {
-                            set_sysctls(&sysctls)?;
+                            set_sysctls(&sysctls).map_err(herr("setting pod sysctls"))?;
                             remove(&extra)
                         }
                         Ok(HelperMsg::Abort) | Err(_) => remove(&fams),
                     }
                 })
+                .map_err(herr("entering the pod netns"))
+                .and_then(|r| r)
             })
             .map_err(|e| CniError::generic(format!("starting the pod helper thread: {e}")))?;
-        Ok(PodHelper { families, tx: Some(tx), handle: Some(handle) })
+        let helper = PodHelper { families, tx: Some(tx), handle: Some(handle) };
+        let pod = if want_handle {
+            match hrx.recv() {
+                Ok(Ok(h)) => Some(h),
+                Ok(Err(e)) => return Err(herr("opening netlink in the pod netns")(e)),
+                // The thread could not enter the pod: its error comes with the join.
+                Err(_) => {
+                    let mut helper = helper;
+                    helper.wait()?;
+                    return Err(CniError::generic("the pod helper thread ended early"));
+                }
+            }
+        } else {
+            None
+        };
+        Ok((helper, pod))
     }
 
     /// Hands over the pod sysctls and the plan's mangle families; the helper applies the
@@ -334,7 +403,7 @@ impl PodHelper {
         }
         match self.handle.take().map(|h| h.join()) {
             None | Some(Ok(Ok(()))) => Ok(()),
-            Some(Ok(Err(e))) => Err(herr("setting up the pod's reply steering and sysctls")(e)),
+            Some(Ok(Err(e))) => Err(e),
             Some(Err(_)) => Err(CniError::generic("the pod helper thread panicked")),
         }
     }
@@ -346,6 +415,52 @@ impl Drop for PodHelper {
             tracing::warn!("rollback: {}", e.msg);
         }
     }
+}
+
+/// Starts `iptables-restore --noflush` (or `ip6tables-restore`) with `text` on stdin, in the
+/// calling thread's namespace, without waiting for it. The rules travel on stdin to a directly
+/// executed program, never through a shell.
+fn spawn_restore(family: Family, text: &str) -> (&'static str, std::io::Result<std::process::Child>) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let prog = match family {
+        Family::V4 => "iptables-restore",
+        Family::V6 => "ip6tables-restore",
+    };
+    let child = Command::new(prog)
+        .args(["-w", "--noflush"])
+        .env("LC_ALL", "C")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            // A few hundred bytes: they fit the pipe, so this never waits for the child.
+            if let Some(mut stdin) = c.stdin.take() {
+                if let Err(e) = stdin.write_all(text.as_bytes()) {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    return Err(e);
+                }
+            }
+            Ok(c)
+        });
+    (prog, child)
+}
+
+/// Waits for a [`spawn_restore`] process; its stderr explains a failure.
+fn wait_restore((prog, child): (&'static str, std::io::Result<std::process::Child>)) -> Result<(), CniError> {
+    let out = child
+        .and_then(|c| c.wait_with_output())
+        .map_err(|e| CniError::generic(format!("running {prog} in the pod: {e}")))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(CniError::generic(format!(
+        "{prog} in the pod failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    )))
 }
 
 /// Installs the plan. Returns after a full success, or rolls back what it did.
@@ -363,7 +478,7 @@ fn install(
     // after the rollback so that on failure it is dropped (and waited for) first.
     let mut helper = match helper {
         Some(h) => Some(h),
-        None if !planned.is_empty() => Some(PodHelper::start(planned.clone(), pod_ns)?),
+        None if !planned.is_empty() => Some(PodHelper::start(planned.clone(), pod_ns, false)?.0),
         None => None,
     };
     let mut pod_idx = Indexes::new(pod);
@@ -371,17 +486,29 @@ fn install(
     let nic_index = pod_idx.get(&plan.ifname)?;
 
     if let Some(v) = &plan.veth {
-        // A stale host veth of the same name belongs to an earlier sandbox of this container.
-        link::delete_by_name(host, &v.host).map_err(herr("removing a stale host veth"))?;
-        if pod_links.iter().any(|l| l == &v.pod) {
+        let remove_stale_pod_veth = || -> Result<(), CniError> {
             if let Some(stale) = link::get_by_name(pod, &v.pod).map_err(herr("reading pod links"))? {
                 link::delete(pod, stale.index).map_err(herr("removing a stale veth0"))?;
             }
+            Ok(())
+        };
+        if pod_links.iter().any(|l| l == &v.pod) {
+            remove_stale_pod_veth()?;
         }
         // Created down and brought up here through the handles we have (creating it "up"
         // would open one more socket inside the pod).
         let opts = link::VethOptions { mtu: Some(v.mtu), mac: None, peer_mac: None, up: false };
-        let hidx = link::create_veth(host, &v.host, &v.pod, Some(pod_ns), &opts).map_err(herr("creating the veth pair"))?;
+        let hidx = match link::create_veth(host, &v.host, &v.pod, Some(pod_ns), &opts) {
+            Ok(i) => i,
+            Err(e) if e.is_exists() => {
+                // A stale host veth of the same name belongs to an earlier sandbox of this
+                // container (looked for only now: it is rare, and every ADD would pay).
+                link::delete_by_name(host, &v.host).map_err(herr("removing a stale host veth"))?;
+                remove_stale_pod_veth()?;
+                link::create_veth(host, &v.host, &v.pod, Some(pod_ns), &opts).map_err(herr("creating the veth pair"))?
+            }
+            Err(e) => return Err(herr("creating the veth pair")(e)),
+        };
         rb.steps.push(Undo::HostLink(hidx));
         host_idx.learn(&v.host, hidx);
         let pidx = link::index_of(pod, &v.pod).map_err(herr("finding veth0"))?;
@@ -503,16 +630,22 @@ impl Plugin for Coordinator {
         if conf.mode == crate::config::Mode::Disabled {
             return Ok(prev);
         }
+        mark("add: config");
         let pod_ns = Self::open_pod_ns(args)?;
         // An underlay first NIC gets reply-steering rules from an iptables-restore process:
         // start it now, beside everything else (install reconciles it with the plan).
-        let helper = if plan::underlay_first(&conf, &args.ifname) {
-            let fams = plan::mangle_families(&prev, &args.ifname);
-            if fams.is_empty() { None } else { Some(PodHelper::start(fams, &pod_ns)?) }
+        let fams = if plan::underlay_first(&conf, &args.ifname) { plan::mangle_families(&prev, &args.ifname) } else { Vec::new() };
+        let (helper, pod) = if fams.is_empty() {
+            (None, None)
         } else {
-            None
+            let (h, pod) = PodHelper::start(fams, &pod_ns, true)?;
+            (Some(h), pod)
         };
-        let pod = Handle::in_netns(&pod_ns).map_err(herr("opening netlink in the pod netns"))?;
+        mark("add: helper started, pod socket");
+        let pod = match pod {
+            Some(p) => p,
+            None => Handle::in_netns(&pod_ns).map_err(herr("opening netlink in the pod netns"))?,
+        };
         let host = Handle::new().map_err(herr("opening netlink"))?;
         mark("add: config, netlink sockets");
         let facts = read_facts(&conf, &args.ifname, &prev, &host, &pod)?;
@@ -640,8 +773,11 @@ fn del_underlay_first(args: &CmdArgs, conf: &Conf, prev: &CniResult, host: &Hand
     let pod_side = if args.netns.is_empty() || prev.ips.is_empty() {
         None
     } else {
-        let pod_ips: Vec<IpNet> = prev.ips.iter().map(|i| i.address).collect();
-        let node_ips = if conf.node_ips.is_empty() { node_ips(host, &pod_ips)? } else { conf.node_ips.clone() };
+        let node_ips = if conf.node_ips.is_empty() {
+            underlay_node_ips(host, &plan::nic_ips(prev, &args.ifname))?
+        } else {
+            conf.node_ips.clone()
+        };
         let facts = Facts { node_ips, ..Facts::default() };
         match plan::plan(conf, &args.ifname, &args.container_id, prev, &facts) {
             Ok(p) => Some(p),
@@ -717,7 +853,7 @@ fn remove_pod_side(plan: &Plan, pod: &Handle, prev: &CniResult) {
     }
     for r in &plan.pod_routes {
         let own = Some(r.route.table) == own_table;
-        if !(own || !others) {
+        if !own && others {
             continue;
         }
         if let Ok(route) = resolve(pod, r) {

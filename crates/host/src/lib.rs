@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod addr;
+pub mod arp;
 mod error;
 pub mod firewall;
 pub mod guard;

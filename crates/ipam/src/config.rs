@@ -32,6 +32,11 @@
 //!   address from another node's block; the allocation records the borrowing node.
 //! * pool `fixedIPs` (default false): allocations made with a pod identity keep their address for
 //!   that identity (and interface name) across release and re-creation.
+//! * `detectIPConflict`, `detectGateway` (default false; on the ipam object as a default for
+//!   every pool, or on a pool): ARP probes from the pod interface before the address is handed
+//!   out, see [`crate::probe`]. IPv4 only: on a pool they are an error for an IPv6 pool, and
+//!   `detectGateway` needs the pool's `gateway`; set on the ipam object they skip IPv6 pools
+//!   (and pools without a gateway). They are not stored with the pool.
 //! * `excludeIPs` entries: an address, a CIDR, or a range `a-b`.
 //! * Never allocated: the network address (v4 prefixes up to /30, v6 up to /126), the v4
 //!   broadcast address, the gateway, `excludeIPs`, anything outside `rangeStart..=rangeEnd`.
@@ -84,6 +89,12 @@ pub struct RawIpamConfig {
     pub lock_timeout_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fsync: Option<bool>,
+    /// Default of the pools' `detectIPConflict` (see [`crate::probe`]).
+    #[serde(rename = "detectIPConflict", alias = "detectIpConflict", default, skip_serializing_if = "Option::is_none")]
+    pub detect_ip_conflict: Option<bool>,
+    /// Default of the pools' `detectGateway` (see [`crate::probe`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detect_gateway: Option<bool>,
     #[serde(default)]
     pub pools: Vec<RawPool>,
 }
@@ -117,6 +128,12 @@ pub struct RawPool {
     pub blocks: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub borrow: Option<bool>,
+    /// Probe settings (see [`crate::probe`]): per process, never part of the stored pool
+    /// record ([`PoolConfig::from_raw`] moves them out of `raw`).
+    #[serde(rename = "detectIPConflict", alias = "detectIpConflict", default, skip_serializing_if = "Option::is_none")]
+    pub detect_ip_conflict: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detect_gateway: Option<bool>,
 }
 
 /// A route as written.
@@ -204,6 +221,10 @@ pub struct PoolConfig {
     pub affinity: bool,
     /// Borrow from other nodes' blocks when no free block is left (`borrow`, default true).
     pub borrow: bool,
+    /// ARP-probe each address before handing it out (`detectIPConflict`, IPv4 pools only).
+    pub detect_ip_conflict: bool,
+    /// ARP the gateway from the pod interface; no answer fails the ADD (`detectGateway`).
+    pub detect_gateway: bool,
     /// The pool as written (stored as the pool record).
     pub raw: RawPool,
     pub(crate) family: Family,
@@ -283,8 +304,11 @@ impl PoolConfig {
     }
 
     /// Parse and validate one pool (`field` names it in errors, e.g. `pools[0]`).
-    pub fn from_raw(raw: RawPool, field: &str) -> Result<PoolConfig> {
+    pub fn from_raw(mut raw: RawPool, field: &str) -> Result<PoolConfig> {
         let f = |name: &str| format!("{field}.{name}");
+        // Probe settings are not pool state: keep them out of the stored record.
+        let detect_ip_conflict = raw.detect_ip_conflict.take();
+        let detect_gateway = raw.detect_gateway.take();
         if raw.name.is_empty() {
             return Err(Error::config(f("name"), "must not be empty"));
         }
@@ -469,7 +493,7 @@ impl PoolConfig {
                 gw,
             });
         }
-        Ok(PoolConfig {
+        let mut pool = PoolConfig {
             name: raw.name.clone(),
             cidr,
             block_size,
@@ -480,12 +504,49 @@ impl PoolConfig {
             fixed_ips: raw.fixed_ips,
             affinity: raw.blocks.unwrap_or(true),
             borrow: raw.borrow.unwrap_or(true),
+            detect_ip_conflict: false,
+            detect_gateway: false,
             family,
             lo,
             hi,
             excluded: SpanSet::from_spans(spans),
             raw,
-        })
+        };
+        pool.set_probes(detect_ip_conflict, detect_gateway, field)?;
+        Ok(pool)
+    }
+
+    /// Apply the pool's own `detectIPConflict` / `detectGateway` (`None`: off). Probes use ARP,
+    /// so they are IPv4 only, and the gateway probe needs a `gateway`; `field` names the pool.
+    fn set_probes(&mut self, conflict: Option<bool>, gateway: Option<bool>, field: &str) -> Result<()> {
+        let f = |name: &str| format!("{field}.{name}");
+        let conflict = conflict.unwrap_or(false);
+        let gateway = gateway.unwrap_or(false);
+        if self.family != Family::V4 && (conflict || gateway) {
+            let which = if conflict { "detectIPConflict" } else { "detectGateway" };
+            return Err(Error::config(
+                f(which),
+                format!("probes use ARP and are IPv4 only; pool {} is {}", self.name, self.cidr),
+            ));
+        }
+        if gateway && self.gateway.is_none() {
+            return Err(Error::config(f("detectGateway"), format!("needs a gateway: set {field}.gateway")));
+        }
+        self.detect_ip_conflict = conflict;
+        self.detect_gateway = gateway;
+        Ok(())
+    }
+
+    /// Apply the ipam-level `detectIPConflict` / `detectGateway` to the settings this pool left
+    /// unset: IPv6 pools are not probed, and pools without a gateway get no gateway probe.
+    fn inherit_probes(&mut self, conflict: Option<bool>, gateway: Option<bool>) {
+        let v4 = self.family == Family::V4;
+        if let Some(c) = conflict {
+            self.detect_ip_conflict = c && v4;
+        }
+        if let Some(g) = gateway {
+            self.detect_gateway = g && v4 && self.gateway.is_some();
+        }
     }
 }
 
@@ -619,7 +680,13 @@ impl IpamConfig {
         let mut names = HashSet::new();
         for (i, p) in raw.pools.into_iter().enumerate() {
             let field = f(&format!("pools[{i}]"));
-            let pool = PoolConfig::from_raw(p, &field)?;
+            // Pool-level probe settings win over the ipam-level ones.
+            let inherit = (
+                raw.detect_ip_conflict.filter(|_| p.detect_ip_conflict.is_none()),
+                raw.detect_gateway.filter(|_| p.detect_gateway.is_none()),
+            );
+            let mut pool = PoolConfig::from_raw(p, &field)?;
+            pool.inherit_probes(inherit.0, inherit.1);
             if !names.insert(pool.name.clone()) {
                 return Err(Error::config(
                     format!("{field}.name"),
@@ -717,6 +784,34 @@ mod tests {
         ] {
             let e = parse(extra).unwrap_err();
             assert_eq!(e.field(), Some(field), "{extra}: {e}");
+            assert_eq!(e.cni_code(), 7);
+        }
+    }
+
+    #[test]
+    fn probe_settings() {
+        let c = IpamConfig::parse(
+            br#"{"node":"n","detectIPConflict":true,"detectGateway":true,"pools":[
+                {"name":"a","cidr":"10.0.0.0/24","gateway":"10.0.0.1"},
+                {"name":"b","cidr":"10.0.1.0/24","detectIPConflict":false},
+                {"name":"v6","cidr":"fd00::/64","gateway":"fd00::1"}]}"#,
+        )
+        .unwrap();
+        let flags: Vec<(bool, bool)> = c.pools.iter().map(|p| (p.detect_ip_conflict, p.detect_gateway)).collect();
+        // b: pool-level false wins, and no gateway means no gateway probe; v6: not probed.
+        assert_eq!(flags, vec![(true, true), (false, false), (false, false)]);
+        // Not part of the stored pool record.
+        assert_eq!(c.pools[1].raw.detect_ip_conflict, None);
+        let c = IpamConfig::parse(br#"{"node":"n","pools":[{"name":"a","cidr":"10.0.0.0/24","detectIPConflict":true}]}"#).unwrap();
+        assert!(c.pools[0].detect_ip_conflict && !c.pools[0].detect_gateway);
+        for (json, field) in [
+            (r#"{"node":"n","pools":[{"name":"a","cidr":"10.0.0.0/24","detectGateway":true}]}"#, "pools[0].detectGateway"),
+            (r#"{"node":"n","pools":[{"name":"a","cidr":"fd00::/64","detectIPConflict":true}]}"#, "pools[0].detectIPConflict"),
+            (r#"{"node":"n","detectIPConflict":"yes","pools":[{"name":"a","cidr":"10.0.0.0/24"}]}"#, "detectIPConflict"),
+            (r#"{"node":"n","pools":[{"name":"a","cidr":"10.0.0.0/24","detectGateway":1}]}"#, "pools[0].detectGateway"),
+        ] {
+            let e = IpamConfig::parse(json.as_bytes()).unwrap_err();
+            assert_eq!(e.field(), Some(field), "{json}: {e}");
             assert_eq!(e.cni_code(), 7);
         }
     }

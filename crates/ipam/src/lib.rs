@@ -41,12 +41,15 @@
 //!   address stays reserved for (namespace, name, ifname) and the next allocate of that identity
 //!   (any container ID, any node) gets it back. [`Ipam::release_fixed`] frees it, and so does
 //!   [`Ipam::gc`] with [`GcMode::All`].
+//! * Probes (`detectIPConflict`, `detectGateway`, IPv4 underlay pools): the plugin's ADD ARPs
+//!   from the pod interface, marks conflicting addresses and takes the next; see [`probe`].
 
 pub mod addr;
 pub mod args;
 pub mod config;
 pub mod error;
 mod fxhash;
+pub mod probe;
 pub mod result;
 pub mod show;
 pub mod state;

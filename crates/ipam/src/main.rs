@@ -34,7 +34,9 @@ impl Plugin for KnitIpam {
         let cni_args = knit_cni::env::format_cni_args(&args.args);
         let req = AllocRequest::from_cni(&args.container_id, &args.ifname, Some(&cni_args), Some(&netconf))
             .map_err(cni_err)?;
-        let r = ipam.allocate(&req).map_err(cni_err)?;
+        // With detectIPConflict/detectGateway: ARP from CNI_IFNAME first (see knit_ipam::probe).
+        let r = knit_ipam::probe::allocate(&ipam, &req, &args.netns, &args.ifname)
+            .map_err(|e| CniError::new(e.code, e.msg))?;
         Ok(to_result(&r))
     }
 

@@ -56,7 +56,10 @@ fn snap(lab: Option<&str>, run_dir: &std::path::Path) -> Result<Snapshot, knit_t
 /// Exit codes: 0 delivered, 1 dropped, 2 usage or read errors.
 pub fn run(c: TraceCmd) -> ExitCode {
     let result = (|| -> Result<path::Trace, knit_trace::Error> {
-        let s = snap(c.lab.as_deref(), &c.run_dir)?;
+        let s = match c.lab.as_deref() {
+            Some(l) => snapshot::read_lab_for(l, &c.run_dir, &c.src, &c.dst)?,
+            None => snapshot::read_node()?,
+        };
         let (src_ns, src_ip) = knit_trace::resolve_source(&s, &c.src)?;
         let (dst, dport) = knit_trace::resolve_destination(&s, &c.dst)?;
         Ok(knit_trace::trace(&s, &Request { src_ns, src_ip, dst, dport, proto: c.proto, endpoint: c.endpoint }))

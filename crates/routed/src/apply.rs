@@ -49,23 +49,6 @@ fn open_netns(path: &str) -> Result<Netns, CniError> {
     Netns::open(path).map_err(|e| CniError::invalid_netns(format!("opening netns {path:?}: {e}")))
 }
 
-/// Deletes the host veth (and with it the pod end) when dropped, unless disarmed: a failed ADD
-/// leaves no interface behind.
-struct VethGuard<'a> {
-    host: &'a Handle,
-    index: Option<u32>,
-}
-
-impl Drop for VethGuard<'_> {
-    fn drop(&mut self) {
-        if let Some(index) = self.index {
-            if let Err(e) = link::delete(self.host, index) {
-                tracing::warn!("rolling back veth {index}: {e}");
-            }
-        }
-    }
-}
-
 pub struct Routed;
 
 impl Routed {
@@ -73,48 +56,107 @@ impl Routed {
         plan::pod_identity(&args.args, &args.container_id, &args.ifname)
     }
 
+    /// DEL's links: the pod end first (deleting it removes the host veth and its routes), then
+    /// the host veth by name in case the netns is already gone. Missing links are success.
+    fn del_links(&self, args: &CmdArgs) -> Result<(), CniError> {
+        if !args.netns.is_empty() {
+            if let Ok(pod_ns) = Netns::open(&args.netns) {
+                let pod = Handle::in_netns(&pod_ns).map_err(herr("opening netlink in the pod netns"))?;
+                link::delete_by_name(&pod, &args.ifname).map_err(herr("deleting the pod interface"))?;
+            }
+        }
+        let host = Handle::new().map_err(herr("opening netlink"))?;
+        let name = plan::host_veth_name(&Self::identity(args));
+        link::delete_by_name(&host, &name).map_err(herr("deleting the host veth"))?;
+        Ok(())
+    }
+
+    /// ADD. The IPAM plugin (a process of its own, the slowest step) runs on a thread while
+    /// this one opens the netlink sockets and creates the veth pair, which need no address;
+    /// addresses and routes follow once IPAM answers. Either failing undoes the other: the
+    /// veth guard deletes the pair, the IPAM guard releases the allocation.
     fn add_with(&self, args: &CmdArgs, conf: &RoutedConf) -> Result<CniResult, CniError> {
         let pod_ns = open_netns(&args.netns)?;
+        let identity = Self::identity(args);
         mark("add: config");
-        let (ipam, ipam_guard) = delegate::ipam_add_guarded(args)?;
-        mark("add: IPAM plugin");
-        let plan = plan::plan(&Self::identity(args), &args.ifname, conf.mtu(), &ipam)?;
-        let host = Handle::new().map_err(herr("opening netlink"))?;
-        let pod = Handle::in_netns(&pod_ns).map_err(herr("opening netlink in the pod netns"))?;
-        mark("add: netlink sockets");
-
-        if link::get_by_name(&pod, &plan.pod_ifname).map_err(herr("reading pod links"))?.is_some() {
-            return Err(CniError::generic(format!(
-                "interface {:?} already exists in {}",
-                plan.pod_ifname, args.netns
-            )));
-        }
-        // A stale host veth of the same name belongs to an earlier sandbox of this pod.
-        if link::delete_by_name(&host, &plan.host_veth).map_err(herr("removing a stale host veth"))? {
-            tracing::info!("removed stale host veth {}", plan.host_veth);
-        }
-
-        let opts = link::VethOptions { mtu: plan.mtu, mac: Some(HOST_VETH_MAC), peer_mac: None, up: false };
-        let host_index = link::create_veth(&host, &plan.host_veth, &plan.pod_ifname, Some(&pod_ns), &opts)
-            .map_err(herr("creating the veth pair"))?;
-        let mut veth_guard = VethGuard { host: &host, index: Some(host_index) };
-        mark("add: veth pair");
-
-        install(&plan, &host, host_index, &pod, &pod_ns)?;
-
-        mark("add: addresses, routes, sysctls");
-        let pod_mac = link::get_by_name(&pod, &plan.pod_ifname)
-            .map_err(herr("reading the pod interface"))?
-            .and_then(|l| l.mac);
-        let result = plan::result(&plan, &ipam, pod_mac, &args.netns, args.conf.version());
-        veth_guard.index = None;
-        ipam_guard.disarm();
-        Ok(result)
+        std::thread::scope(|s| {
+            let ipam_job = std::thread::Builder::new()
+                .name("knit-routed-ipam".into())
+                .spawn_scoped(s, || delegate::ipam_add(args))
+                .map_err(|e| CniError::generic(format!("starting the IPAM thread: {e}")))?;
+            let veth = prepare_veth(args, conf, &identity, &pod_ns);
+            mark("add: netlink sockets, veth pair");
+            let ipam = match ipam_job.join() {
+                Ok(r) => r,
+                Err(p) => std::panic::resume_unwind(p),
+            };
+            // From here a failure releases the allocation (and `veth` deletes the pair).
+            let ipam_guard = match &ipam {
+                Ok(_) => Some(delegate::IpamGuard::new(args)),
+                Err(_) => None,
+            };
+            let ipam = ipam?;
+            mark("add: IPAM plugin (waited for)");
+            let (host, pod, host_index, mut veth_guard) = veth?;
+            let plan = plan::plan(&identity, &args.ifname, conf.mtu(), &ipam)?;
+            let pod_mac = install(&plan, &host, host_index, &pod, &pod_ns)?;
+            mark("add: addresses, routes, sysctls");
+            let result = plan::result(&plan, &ipam, pod_mac, &args.netns, args.conf.version());
+            veth_guard.index = None;
+            if let Some(g) = ipam_guard {
+                g.disarm();
+            }
+            Ok(result)
+        })
     }
 }
 
-/// Installs everything but the veth pair itself.
-fn install(plan: &Plan, host: &Handle, host_index: u32, pod: &Handle, pod_ns: &Netns) -> Result<(), CniError> {
+/// The netlink sockets and the veth pair (down): everything of ADD that needs no address.
+/// The guard deletes the pair unless disarmed.
+fn prepare_veth(args: &CmdArgs, conf: &RoutedConf, identity: &str, pod_ns: &Netns) -> Result<(Handle, Handle, u32, VethGuard), CniError> {
+    let host = Handle::new().map_err(herr("opening netlink"))?;
+    let pod = Handle::in_netns(pod_ns).map_err(herr("opening netlink in the pod netns"))?;
+    let host_veth = plan::host_veth_name(identity);
+    let opts = link::VethOptions { mtu: conf.mtu(), mac: Some(HOST_VETH_MAC), peer_mac: None, up: false };
+    let host_index = match link::create_veth(&host, &host_veth, &args.ifname, Some(pod_ns), &opts) {
+        Ok(i) => i,
+        Err(e) if e.is_exists() => {
+            if link::get_by_name(&pod, &args.ifname).map_err(herr("reading pod links"))?.is_some() {
+                return Err(CniError::generic(format!("interface {:?} already exists in {}", args.ifname, args.netns)));
+            }
+            // A stale host veth of the same name belongs to an earlier sandbox of this pod
+            // (looked for only now: it is rare, and every ADD would pay for the lookup).
+            if link::delete_by_name(&host, &host_veth).map_err(herr("removing a stale host veth"))? {
+                tracing::info!("removed stale host veth {host_veth}");
+            }
+            link::create_veth(&host, &host_veth, &args.ifname, Some(pod_ns), &opts).map_err(herr("creating the veth pair"))?
+        }
+        Err(e) => return Err(herr("creating the veth pair")(e)),
+    };
+    let guard = VethGuard { index: Some(host_index) };
+    Ok((host, pod, host_index, guard))
+}
+
+/// Deletes the host veth (and with it the pod end) when dropped, unless `index` was cleared: a
+/// failed ADD leaves no interface behind. It opens its own socket (in the node's namespace,
+/// where the plugin runs), so it does not borrow the handle the pair was made with.
+struct VethGuard {
+    index: Option<u32>,
+}
+
+impl Drop for VethGuard {
+    fn drop(&mut self) {
+        if let Some(index) = self.index {
+            let res = Handle::new().and_then(|h| link::delete(&h, index));
+            if let Err(e) = res {
+                tracing::warn!("rolling back veth {index}: {e}");
+            }
+        }
+    }
+}
+
+/// Installs everything but the veth pair itself; returns the pod interface's MAC.
+fn install(plan: &Plan, host: &Handle, host_index: u32, pod: &Handle, pod_ns: &Netns) -> Result<Option<knit_host::Mac>, CniError> {
     // Host side. The plugin runs in the node's namespace, so /proc/sys is the node's.
     for (k, v) in &plan.host_sysctls {
         if let Err(e) = sysctl::set(k, v) {
@@ -140,7 +182,8 @@ fn install(plan: &Plan, host: &Handle, host_index: u32, pod: &Handle, pod_ns: &N
             })
             .map_err(herr("setting pod sysctls"))?;
     }
-    let pod_index = link::index_of(pod, &plan.pod_ifname).map_err(herr("finding the pod interface"))?;
+    let pod_link = link::require(pod, &plan.pod_ifname).map_err(herr("finding the pod interface"))?;
+    let pod_index = pod_link.index;
     for a in &plan.pod_addrs {
         addr::add(pod, &addr::Address::new(pod_index, *a)).map_err(herr("adding the pod address"))?;
     }
@@ -154,7 +197,7 @@ fn install(plan: &Plan, host: &Handle, host_index: u32, pod: &Handle, pod_ns: &N
         let r = Route { oif: Some(host_index), ..r.clone() };
         add_host_route(host, &r)?;
     }
-    Ok(())
+    Ok(pod_link.mac)
 }
 
 /// Adds `<podIP>/32 dev cali… scope link`. EEXIST on the same device is success (an agent may
@@ -184,27 +227,28 @@ impl Plugin for Routed {
         self.add_with(args, &conf)
     }
 
-    /// DEL is idempotent: a missing netns, link or allocation is success. The pod end goes
-    /// first (deleting it removes the host veth and its routes); the host veth is removed by
-    /// name as well in case the netns is already gone; then IPAM releases the address.
+    /// DEL is idempotent: a missing netns, link or allocation is success. The links go as
+    /// [`Routed::del_links`] says while IPAM releases the address beside them.
     fn del(&self, args: &CmdArgs) -> Result<(), CniError> {
         spans::start();
         let _conf = RoutedConf::parse(&args.stdin)?;
-        if !args.netns.is_empty() {
-            if let Ok(pod_ns) = Netns::open(&args.netns) {
-                let pod = Handle::in_netns(&pod_ns).map_err(herr("opening netlink in the pod netns"))?;
-                mark("del: config, netlink socket");
-                link::delete_by_name(&pod, &args.ifname).map_err(herr("deleting the pod interface"))?;
-                mark("del: pod interface");
-            }
-        }
-        let host = Handle::new().map_err(herr("opening netlink"))?;
-        let name = plan::host_veth_name(&Self::identity(args));
-        link::delete_by_name(&host, &name).map_err(herr("deleting the host veth"))?;
-        mark("del: host veth");
-        let r = delegate::ipam_del(args);
-        mark("del: IPAM plugin");
-        r
+        // The IPAM plugin releases the address on a thread while this one deletes the veth
+        // pair (the kernel takes long over that): the two waits overlap. Debian's ptp also
+        // releases before deleting the link.
+        std::thread::scope(|s| {
+            let ipam_job = std::thread::Builder::new()
+                .name("knit-routed-ipam".into())
+                .spawn_scoped(s, || delegate::ipam_del(args))
+                .map_err(|e| CniError::generic(format!("starting the IPAM thread: {e}")))?;
+            let links = self.del_links(args);
+            mark("del: veth pair");
+            let ipam = match ipam_job.join() {
+                Ok(r) => r,
+                Err(p) => std::panic::resume_unwind(p),
+            };
+            mark("del: IPAM plugin (waited for)");
+            links.and(ipam)
+        })
     }
 
     fn check(&self, args: &CmdArgs) -> Result<(), CniError> {

@@ -311,7 +311,7 @@ pub fn split_tables(text: &str) -> BTreeMap<String, String> {
     out
 }
 
-/// Reads one namespace.
+/// Reads one namespace: everything but the per-interface sysctls ([`read_conf`]).
 pub fn read_ns(src: &Source) -> Result<NsSnap> {
     let what = |w: &str| format!("{}: {w}", src.name);
     let h = Handle::in_netns(&src.ns).map_err(host_err(what("netlink")))?;
@@ -323,7 +323,13 @@ pub fn read_ns(src: &Source) -> Result<NsSnap> {
     s.routes = route::list(&h, Family::V4, None).map_err(host_err(what("routes")))?;
     s.multipath = inspect::multipath_routes(&h, Family::V4).map_err(host_err(what("multipath routes")))?;
     s.neigh = neigh::list(&h, Some(Family::V4), None).map_err(host_err(what("neighbours")))?;
-    let names: Vec<String> = s.links.iter().map(|l| l.name.clone()).collect();
+    let text = firewall::iptables_save(Some(&src.ns), Family::V4, None).unwrap_or_default();
+    s.iptables = split_tables(&text);
+    Ok(s)
+}
+
+/// Reads the sysctls of `names` (plus `all` and `default`) and tcp_be_liberal into `s`.
+pub fn read_conf(src: &Source, s: &mut NsSnap, names: Vec<String>) -> Result<()> {
     let (conf, liberal) = src
         .ns
         .run(move || {
@@ -335,18 +341,21 @@ pub fn read_ns(src: &Source) -> Result<NsSnap> {
             let liberal = sysctl::get("net/netfilter/nf_conntrack_tcp_be_liberal").ok().map(|v| v.trim() != "0");
             (conf, liberal)
         })
-        .map_err(host_err(what("sysctls")))?;
+        .map_err(host_err(format!("{}: sysctls", src.name)))?;
     s.conf = conf;
     s.tcp_be_liberal = liberal;
-    let text = firewall::iptables_save(Some(&src.ns), Family::V4, None).unwrap_or_default();
-    s.iptables = split_tables(&text);
-    Ok(s)
+    Ok(())
 }
 
 /// Reads a set of namespaces (in parallel) and resolves their namespace ids.
+///
+/// Sysctls are read for the interfaces a walk can use: those whose peer (veth, macvlan
+/// parent) lives in one of `sources`, and those with no peer elsewhere. A node with a thousand
+/// pods, traced between two of them, so reads a few interfaces' settings, not a thousand.
 pub fn read(sources: &[Source]) -> Result<Snapshot> {
+    let chunk = sources.len().div_ceil(4).max(1);
     let results: Vec<Result<NsSnap>> = std::thread::scope(|sc| {
-        let hs: Vec<_> = sources.chunks(sources.len().div_ceil(4).max(1)).map(|chunk| sc.spawn(move || chunk.iter().map(read_ns).collect::<Vec<_>>())).collect();
+        let hs: Vec<_> = sources.chunks(chunk).map(|c| sc.spawn(move || c.iter().map(read_ns).collect::<Vec<_>>())).collect();
         hs.into_iter().flat_map(|h| h.join().unwrap_or_else(|_| vec![Err(Error::Other("snapshot thread panicked".into()))])).collect()
     });
     let mut namespaces = results.into_iter().collect::<Result<Vec<_>>>()?;
@@ -365,8 +374,78 @@ pub fn read(sources: &[Source]) -> Result<Snapshot> {
             }
         }
     }
+    let conf_results: Vec<Result<()>> = std::thread::scope(|sc| {
+        let hs: Vec<_> = sources
+            .chunks(chunk)
+            .zip(namespaces.chunks_mut(chunk))
+            .map(|(srcs, snaps)| {
+                sc.spawn(move || {
+                    srcs.iter()
+                        .zip(snaps.iter_mut())
+                        .map(|(src, s)| {
+                            let names: Vec<String> = s
+                                .links
+                                .iter()
+                                .filter(|l| l.link_netnsid.is_none_or(|id| s.nsids.contains_key(&id)))
+                                .map(|l| l.name.clone())
+                                .collect();
+                            read_conf(src, s, names)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        hs.into_iter().flat_map(|h| h.join().unwrap_or_else(|_| vec![Err(Error::Other("snapshot thread panicked".into()))])).collect()
+    });
+    conf_results.into_iter().collect::<Result<Vec<()>>>()?;
     let mut snap = Snapshot { namespaces, lab: None };
     snap.prepare();
+    Ok(snap)
+}
+
+/// Above this many pods, a trace reads only the pods it can visit (see [`read_lab_for`]).
+pub const ALL_PODS_UP_TO: usize = 64;
+
+/// The pods a trace from `src` to `dst` can reach: the source and destination pods (by name
+/// or address) and every Service endpoint (a ClusterIP or NodePort leads to one of them).
+pub fn pods_for(state: &knit_lab::state::LabState, src: &str, dst: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for spec in [src, dst] {
+        let host = spec.strip_prefix("svc/").unwrap_or(spec);
+        // `pod:port`, `ip:port`, `[v6]:port`
+        let host = match host.rsplit_once(':') {
+            Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) && !h.contains(':') => h,
+            _ => host,
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if state.pods.contains_key(host) {
+            out.insert(host.to_string());
+        } else if let Ok(ip) = host.parse::<IpAddr>() {
+            out.extend(state.pods.values().filter(|p| p.ips.values().flatten().any(|a| *a == ip)).map(|p| p.name.clone()));
+        }
+    }
+    for svc in &state.topology.services {
+        out.extend(knit_lab::Lab::service_endpoints(state, svc).into_iter().filter_map(|(ip, _)| {
+            state.pods.values().find(|p| p.primary_ip() == Some(ip)).map(|p| p.name.clone())
+        }));
+    }
+    out
+}
+
+/// Snapshot of a running lab for one trace: the fabric, nodes and clients, and the pods
+/// [`pods_for`] names (every pod when there are at most [`ALL_PODS_UP_TO`]), so a trace on a
+/// node with a thousand pods reads a dozen namespaces, not a thousand.
+pub fn read_lab_for(name: &str, run_dir: &Path, src: &str, dst: &str) -> Result<Snapshot> {
+    let lab = knit_lab::Lab::open(name, run_dir).map_err(|e| Error::Other(format!("open lab {name}: {e}")))?;
+    let keep = if lab.state.pods.len() <= ALL_PODS_UP_TO { None } else { Some(pods_for(&lab.state, src, dst)) };
+    drop(lab);
+    let (sources, st) = lab_sources(name, run_dir)?;
+    let sources: Vec<Source> = sources
+        .into_iter()
+        .filter(|s| !matches!(s.role, Role::Pod { .. }) || keep.as_ref().is_none_or(|k| k.contains(&s.name)))
+        .collect();
+    let mut snap = read(&sources)?;
+    snap.lab = Some(st);
     Ok(snap)
 }
 
