@@ -22,6 +22,7 @@
 pub mod cni;
 mod chain;
 pub mod ipam;
+pub mod lab;
 mod report;
 pub mod signals;
 pub mod stats;
@@ -61,7 +62,8 @@ impl Suite {
         match self {
             Suite::CniAddDel => 200,
             Suite::Ipam => 1000,
-            Suite::Matrix | Suite::Datapath => 1,
+            Suite::Matrix => 3,
+            Suite::Datapath => 3,
         }
     }
 }
@@ -138,12 +140,8 @@ pub fn run(suite: Suite, opts: &Options) -> Result<Report> {
     let suite_fn: fn(usize, &PluginDirs, &Options) -> Result<Report> = match suite {
         Suite::CniAddDel => cni::run,
         Suite::Ipam => ipam::run,
-        Suite::Matrix | Suite::Datapath => {
-            return Err(Error::NotAvailable {
-                suite: suite.name(),
-                why: "it needs the lab (crates/lab, `knit lab`), which knit bench does not drive yet".into(),
-            })
-        }
+        Suite::Matrix => lab::run_matrix,
+        Suite::Datapath => lab::run_datapath,
     };
     let _signals = signals::Guard::install();
     suite_fn(n, &opts.dirs(), opts)

@@ -31,6 +31,9 @@ pub struct Row {
     /// What the row measures, when the name alone is not enough.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// Throughput rows: the median in Gbit/s (their `median_ms`/`p99_ms` hold Gbit/s too).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub median_gbps: Option<f64>,
 }
 
 impl Row {
@@ -47,6 +50,7 @@ impl Row {
             target: None,
             met: None,
             note: None,
+            median_gbps: None,
         }
     }
 

@@ -192,6 +192,10 @@ fn shared_pool_four_nodes_eight_processes() {
     concurrent_adds_then_dels(SHARED, 1, 10, "shared pool, blocks: false");
 }
 
+/// The concurrency runs share 2 cores with the rest of the suite: a generous etcd timeout (and
+/// so node-lock wait) keeps a slow moment from failing an ADD; the kill test keeps the default.
+const LOADED: &str = r#","etcdTimeoutMs":10000"#;
+
 fn concurrent_adds_then_dels(pools: &'static str, families: usize, per: usize, label: &str) {
     let etcd = Etcd::start();
     let ep = etcd.endpoint();
@@ -202,7 +206,7 @@ fn concurrent_adds_then_dels(pools: &'static str, families: usize, per: usize, l
         let (ep, d) = (ep.clone(), data.path().to_path_buf());
         run_workers(nodes, procs, move |n, w| {
             let node = format!("node{n}");
-            let c = conf(&ep, &node, &d, pools, "");
+            let c = conf(&ep, &node, &d, pools, LOADED);
             let mut out = Vec::new();
             let mut conflicts = 0;
             for k in 0..per {
@@ -232,7 +236,7 @@ fn concurrent_adds_then_dels(pools: &'static str, families: usize, per: usize, l
         let (ep, d) = (ep.clone(), data.path().to_path_buf());
         run_workers(nodes, procs, move |n, w| {
             let node = format!("node{n}");
-            let c = conf(&ep, &node, &d, pools, "");
+            let c = conf(&ep, &node, &d, pools, LOADED);
             let mut conflicts = 0;
             for k in 0..per {
                 let cid = format!("{node}-w{w}-{k}");

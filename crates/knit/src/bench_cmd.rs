@@ -14,9 +14,10 @@ enum SuiteArg {
     /// N allocations and releases, sequential and 8 concurrent processes, knit-ipam vs
     /// host-local; the in-process allocation core.
     Ipam,
-    /// The default lab matrix (needs the lab: not available yet).
+    /// The default lab matrix, N runs: setup, cells and teardown timed apart (target < 60 s).
     Matrix,
-    /// Datapath throughput and latency (needs the lab: not available yet).
+    /// iperf3 throughput (N runs per path) and echo round trips on the lab: coordinator-tuned
+    /// macvlan vs bare macvlan, overlay across nodes, underlay to a ClusterIP.
     Datapath,
 }
 

@@ -62,6 +62,8 @@ pub enum Serve {
         /// The `knit` executable.
         exe: PathBuf,
     },
+    /// No echo servers (the pods' port is left to the caller, e.g. iperf3 in `knit bench`).
+    Nothing,
 }
 
 /// How to build a lab.
@@ -393,6 +395,7 @@ impl Lab {
         for pod in pods {
             let ns = self.netns(&pod)?;
             match serve {
+                Serve::Nothing => {}
                 Serve::InProcess => {
                     let server = ns
                         .run(|| EchoServer::bind(&pod, port))
