@@ -301,6 +301,17 @@ pub fn init_logging() {
             .open(p)
             .ok()
     });
+    // Plugins start for every pod: without KNIT_LOG a plain level filter is set up, which is
+    // cheaper than parsing an EnvFilter.
+    if std::env::var_os("KNIT_LOG").is_none() {
+        let level = if file.is_some() { tracing_subscriber::filter::LevelFilter::INFO } else { tracing_subscriber::filter::LevelFilter::WARN };
+        let builder = tracing_subscriber::fmt().with_max_level(level).with_ansi(false);
+        let _ = match file {
+            Some(f) => builder.with_writer(std::sync::Mutex::new(f)).try_init(),
+            None => builder.with_writer(std::io::stderr).try_init(),
+        };
+        return;
+    }
     let default = if file.is_some() { "info" } else { "warn" };
     let filter = EnvFilter::try_from_env("KNIT_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()

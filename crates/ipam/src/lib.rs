@@ -47,6 +47,7 @@
 pub mod addr;
 pub mod args;
 pub mod config;
+pub mod plugin;
 pub mod error;
 mod fxhash;
 pub mod probe;

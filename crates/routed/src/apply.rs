@@ -5,11 +5,12 @@
 //! socket created inside the pod namespace, so no thread ever switches namespace here except
 //! the short-lived one `knit-host` uses for pod sysctls.
 
-use knit_cni::{delegate, CmdArgs, CniError, CniResult, Plugin};
+use knit_cni::{CmdArgs, CniError, CniResult, Plugin};
 use knit_host::route::Route;
 use knit_host::{addr, link, route, sysctl, Family, Handle, Netns};
 
 use crate::config::RoutedConf;
+use crate::ipam;
 use crate::plan::{self, Plan, HOST_VETH_MAC};
 
 /// Phase timings at debug level (`KNIT_LOG=knit_routed=debug`, with `KNIT_LOG_FILE` to collect
@@ -71,7 +72,7 @@ impl Routed {
         Ok(())
     }
 
-    /// ADD. The IPAM plugin (a process of its own, the slowest step) runs on a thread while
+    /// ADD. IPAM (knit-ipam in-process, another plugin as a process) runs on a thread while
     /// this one opens the netlink sockets and creates the veth pair, which need no address;
     /// addresses and routes follow once IPAM answers. Either failing undoes the other: the
     /// veth guard deletes the pair, the IPAM guard releases the allocation.
@@ -82,7 +83,7 @@ impl Routed {
         std::thread::scope(|s| {
             let ipam_job = std::thread::Builder::new()
                 .name("knit-routed-ipam".into())
-                .spawn_scoped(s, || delegate::ipam_add(args))
+                .spawn_scoped(s, || ipam::add(args))
                 .map_err(|e| CniError::generic(format!("starting the IPAM thread: {e}")))?;
             let veth = prepare_veth(args, conf, &identity, &pod_ns);
             mark("add: netlink sockets, veth pair");
@@ -92,7 +93,7 @@ impl Routed {
             };
             // From here a failure releases the allocation (and `veth` deletes the pair).
             let ipam_guard = match &ipam {
-                Ok(_) => Some(delegate::IpamGuard::new(args)),
+                Ok(_) => Some(ipam::Guard::new(args)),
                 Err(_) => None,
             };
             let ipam = ipam?;
@@ -238,7 +239,7 @@ impl Plugin for Routed {
         std::thread::scope(|s| {
             let ipam_job = std::thread::Builder::new()
                 .name("knit-routed-ipam".into())
-                .spawn_scoped(s, || delegate::ipam_del(args))
+                .spawn_scoped(s, || ipam::del(args))
                 .map_err(|e| CniError::generic(format!("starting the IPAM thread: {e}")))?;
             let links = self.del_links(args);
             mark("del: veth pair");
@@ -256,7 +257,7 @@ impl Plugin for Routed {
         let prev = args
             .prev_result()?
             .ok_or_else(|| CniError::invalid_config("CHECK needs prevResult"))?;
-        delegate::ipam_check(args)?;
+        ipam::check(args)?;
         let plan = plan::plan(&Self::identity(args), &args.ifname, conf.mtu(), &prev)?;
         let pod_ns = open_netns(&args.netns)?;
         let host = Handle::new().map_err(herr("opening netlink"))?;
@@ -265,11 +266,11 @@ impl Plugin for Routed {
     }
 
     fn status(&self, args: &CmdArgs) -> Result<(), CniError> {
-        delegate::ipam_status(args)
+        ipam::status(args)
     }
 
     fn gc(&self, args: &CmdArgs) -> Result<(), CniError> {
-        delegate::ipam_gc(args)
+        ipam::gc(args)
     }
 }
 
