@@ -126,6 +126,17 @@ fn up_exec_status_down() {
     let web_b = lab["pods"]["web-b"]["ips"]["eth0"][0].as_str().unwrap().to_string();
     let ping = knit(&["lab", "exec", "--name", &name, "web-a", "--", "ping", "-c", "1", "-W", "2", &web_b]);
     assert!(ping.status.success(), "ping from web-a: {}", String::from_utf8_lossy(&ping.stdout));
+    // Underlay pod /32s go between nodes, never to the ToR: every BGP route of the fabric is a
+    // block or the Service CIDR, while a1 has b2's underlay pod as a host route.
+    let tor = knit(&["lab", "exec", "--name", &name, "fabric", "--", "ip", "-4", "route", "show", "proto", "bird"]);
+    let tor = String::from_utf8_lossy(&tor.stdout).into_owned();
+    assert!(!tor.trim().is_empty(), "the ToR learned nothing");
+    for line in tor.lines().filter(|l| !l.starts_with(char::is_whitespace)) {
+        assert!(line.split_whitespace().next().unwrap_or("").contains('/'), "the ToR learned a host route: {line}");
+    }
+    let db_b = lab["pods"]["db-b"]["ips"]["eth0"][0].as_str().unwrap().to_string();
+    let a1 = knit(&["lab", "exec", "--name", &name, "a1", "--", "ip", "-4", "route", "show", "proto", "bird"]);
+    assert!(String::from_utf8_lossy(&a1.stdout).lines().any(|l| l.starts_with(&format!("{db_b} via "))), "a1 lacks b2's underlay pod {db_b}");
     // exec passes the command's exit status through.
     let f = knit(&["lab", "exec", "--name", &name, "a1", "--", "false"]);
     assert_eq!(f.status.code(), Some(1));
