@@ -194,7 +194,9 @@ fn jitter_sleep(attempt: u32) {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
-    let base = 50u64 << attempt.min(6);
+    // Exponential up to ~25 ms: 24 attempts then span about 0.4 s, enough for 32 processes
+    // contending for one shared-pool block on 2 busy cores.
+    let base = 50u64 << attempt.min(9);
     let jitter = u64::from(nanos % 1000) * base / 1000;
     std::thread::sleep(Duration::from_micros(base + jitter));
 }

@@ -376,11 +376,11 @@ fn unreachable_etcd_fails_add_with_11_and_status_with_50() {
     let r = plugin("ADD", "c1", "", &c);
     assert!(!r.ok);
     assert_eq!(r.v["code"], 11, "{}", r.v);
-    assert!(r.elapsed < Duration::from_secs(3), "{:?}", r.elapsed);
+    assert!(r.elapsed < Duration::from_secs(6), "{:?}", r.elapsed);
     let r = plugin("STATUS", "", "", &c);
     assert!(!r.ok);
     assert_eq!(r.v["code"], 50, "{}", r.v);
-    assert!(r.elapsed < Duration::from_secs(3), "{:?}", r.elapsed);
+    assert!(r.elapsed < Duration::from_secs(6), "{:?}", r.elapsed);
     // DEL cannot confirm the release either: code 11, so the runtime retries it.
     let r = plugin("DEL", "c1", "", &c);
     assert_eq!(r.v["code"], 11, "{}", r.v);
