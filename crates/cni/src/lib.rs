@@ -6,6 +6,7 @@ pub mod env;
 pub mod error;
 pub mod runtime;
 pub mod skel;
+pub mod spans;
 pub mod types;
 pub mod validate;
 pub mod version;

@@ -24,32 +24,8 @@ use crate::plan::{self, DevRoute, Facts, Plan, ResolvedMode, POD_VETH};
 
 const MAIN_TABLE: u32 = 254;
 
-/// Phase timings at debug level (`KNIT_LOG=knit_coordinator=debug`, with `KNIT_LOG_FILE` to
-/// collect them from under a runtime): where an ADD or a DEL spends its time. `knit bench
-/// cni-add-del` measures the whole; these spans say which part to look at.
-mod spans {
-    use std::cell::Cell;
-    use std::time::Instant;
-
-    thread_local! {
-        static LAST: Cell<Option<Instant>> = const { Cell::new(None) };
-    }
-
-    /// Logs the time since the previous mark (or since `start`) under `phase`.
-    pub fn mark(phase: &str) {
-        if !tracing::enabled!(tracing::Level::DEBUG) {
-            return;
-        }
-        let now = Instant::now();
-        let us = LAST.with(|l| l.replace(Some(now))).map(|t| (now - t).as_micros() as u64).unwrap_or(0);
-        tracing::debug!(phase, us, "span");
-    }
-
-    pub fn start() {
-        LAST.with(|l| l.set(Some(Instant::now())));
-    }
-}
-use spans::mark;
+use knit_cni::phase_mark as mark;
+use knit_cni::spans;
 
 fn herr(ctx: impl Into<String>) -> impl FnOnce(knit_host::Error) -> CniError {
     let ctx = ctx.into();
@@ -154,7 +130,7 @@ fn underlay_node_ips(host: &Handle, nic_ips: &[IpNet]) -> Result<Vec<IpAddr>, Cn
 
 /// Reads the facts the plan needs from the pod and the node.
 fn read_facts(conf: &Conf, ifname: &str, prev: &CniResult, host: &Handle, pod: &Handle) -> Result<Facts, CniError> {
-    mark("facts: begin");
+    mark!("facts: begin");
     let links = link::list(pod).map_err(herr("listing pod links"))?;
     let mut facts = Facts { pod_links: links.iter().map(|l| l.name.clone()).collect(), ..Facts::default() };
     let nic = links.iter().find(|l| l.name == ifname);
@@ -190,7 +166,7 @@ fn read_facts(conf: &Conf, ifname: &str, prev: &CniResult, host: &Handle, pod: &
         let rules = rule::list(pod, f).map_err(herr("listing pod rules"))?;
         facts.used_tables.extend(rules.iter().filter(|r| r.from.is_some()).map(|r| r.table));
     }
-    mark("facts: pod links, addresses, routes, rules");
+    mark!("facts: pod links, addresses, routes, rules");
     let pod_ips: Vec<IpNet> = prev.ips.iter().map(|i| i.address).collect();
     facts.node_ips = if !conf.node_ips.is_empty() {
         conf.node_ips.clone()
@@ -200,7 +176,7 @@ fn read_facts(conf: &Conf, ifname: &str, prev: &CniResult, host: &Handle, pod: &
         // An underlay first NIC uses the node IPs of its own families only.
         underlay_node_ips(host, &plan::nic_ips(prev, ifname))?
     };
-    mark("facts: node IPs");
+    mark!("facts: node IPs");
     Ok(facts)
 }
 
@@ -518,7 +494,7 @@ fn install(
         if let Some(a) = v.link_address {
             addr::add(pod, &addr::Address::new(pidx, a)).map_err(herr("adding vethLinkAddress"))?;
         }
-        mark("install: veth pair");
+        mark!("install: veth pair");
     }
     link::set_up(pod, nic_index).map_err(herr(format!("bringing {} up", plan.ifname)))?;
 
@@ -540,7 +516,7 @@ fn install(
     if let Some(q) = plan.txqlen {
         link::set_txqlen(pod, nic_index, q).map_err(herr("setting txQueueLen"))?;
     }
-    mark("install: pod sysctls, mac, txqlen");
+    mark!("install: pod sysctls, mac, txqlen");
 
     for r in &plan.pod_routes {
         let route = pod_idx.resolve(r)?;
@@ -563,7 +539,7 @@ fn install(
             rb.steps.push(Undo::PodRule(r.clone()));
         }
     }
-    mark("install: pod routes and rules");
+    mark!("install: pod routes and rules");
 
     // Host side (this thread is in the node's namespace).
     set_sysctls(&plan.host_sysctls).map_err(herr("setting host sysctls"))?;
@@ -571,7 +547,7 @@ fn install(
         // The shared rule stays on rollback and DEL: other pods use it.
         add_rule(host, r)?;
     }
-    mark("install: host sysctls and rules");
+    mark!("install: host sysctls and rules");
     for r in &plan.host_routes {
         let route = host_idx.resolve(r)?;
         clear_stale_neighbours(host, &route);
@@ -580,11 +556,11 @@ fn install(
         route::replace(host, &route).map_err(herr(format!("adding host route {r}")))?;
         rb.steps.push(Undo::HostRoute(route));
     }
-    mark("install: host routes");
+    mark!("install: host routes");
     if let Some(h) = helper.as_mut() {
         h.wait()?;
     }
-    mark("install: pod mangle rules and sysctls (waited for)");
+    mark!("install: pod mangle rules and sysctls (waited for)");
     rb.armed = false;
     Ok(())
 }
@@ -630,7 +606,7 @@ impl Plugin for Coordinator {
         if conf.mode == crate::config::Mode::Disabled {
             return Ok(prev);
         }
-        mark("add: config");
+        mark!("add: config");
         let pod_ns = Self::open_pod_ns(args)?;
         // An underlay first NIC gets reply-steering rules from an iptables-restore process:
         // start it now, beside everything else (install reconciles it with the plan).
@@ -641,13 +617,13 @@ impl Plugin for Coordinator {
             let (h, pod) = PodHelper::start(fams, &pod_ns, true)?;
             (Some(h), pod)
         };
-        mark("add: helper started, pod socket");
+        mark!("add: helper started, pod socket");
         let pod = match pod {
             Some(p) => p,
             None => Handle::in_netns(&pod_ns).map_err(herr("opening netlink in the pod netns"))?,
         };
         let host = Handle::new().map_err(herr("opening netlink"))?;
-        mark("add: config, netlink sockets");
+        mark!("add: config, netlink sockets");
         let facts = read_facts(&conf, &args.ifname, &prev, &host, &pod)?;
         let plan = plan::plan(&conf, &args.ifname, &args.container_id, &prev, &facts)?;
         tracing::debug!(?plan, "coordinator plan");
@@ -678,7 +654,7 @@ impl Plugin for Coordinator {
         let pod = if args.netns.is_empty() { None } else { Self::open_pod(args).ok() };
         let is_first = args.ifname == conf.pod_default_cni_nic;
         let veth_name = plan::host_veth_name(&args.container_id);
-        mark("del: config, netlink sockets");
+        mark!("del: config, netlink sockets");
 
         // The pod side, from the same plan ADD computed.
         if let Some((_, pod_h)) = &pod {
@@ -698,7 +674,7 @@ impl Plugin for Coordinator {
             }
         }
 
-        mark("del: pod side");
+        mark!("del: pod side");
         // Host routes in the host rule table that point at this pod's devices.
         let mut devs: Vec<u32> = Vec::new();
         if is_first {
@@ -728,7 +704,7 @@ impl Plugin for Coordinator {
                 }
             }
         }
-        mark("del: host routes");
+        mark!("del: host routes");
         if let Some((_, pod_h)) = &pod {
             if is_first {
                 let _ = link::delete_by_name(pod_h, POD_VETH);
@@ -737,7 +713,7 @@ impl Plugin for Coordinator {
         if is_first {
             link::delete_by_name(&host, &veth_name).map_err(herr("deleting the host veth"))?;
         }
-        mark("del: veth pair");
+        mark!("del: veth pair");
         Ok(())
     }
 
@@ -769,7 +745,7 @@ impl Plugin for Coordinator {
 /// (an underlay first NIC's plan depends only on the config, prevResult and the node's IPs).
 fn del_underlay_first(args: &CmdArgs, conf: &Conf, prev: &CniResult, host: &Handle) -> Result<(), CniError> {
     let veth_name = plan::host_veth_name(&args.container_id);
-    mark("del: config, netlink socket");
+    mark!("del: config, netlink socket");
     let pod_side = if args.netns.is_empty() || prev.ips.is_empty() {
         None
     } else {
@@ -787,7 +763,7 @@ fn del_underlay_first(args: &CmdArgs, conf: &Conf, prev: &CniResult, host: &Hand
             }
         }
     };
-    mark("del: plan");
+    mark!("del: plan");
     // The pod side, with its own handle (None when the netns is gone).
     let pod_work = |netns: String, plan: Option<Plan>, prev: CniResult| {
         move || -> Option<Handle> {
@@ -809,7 +785,7 @@ fn del_underlay_first(args: &CmdArgs, conf: &Conf, prev: &CniResult, host: &Hand
         Err(e) if e.is_not_found() => Ok(()),
         Err(e) => Err(herr("deleting the host veth")(e)),
     };
-    mark("del: veth pair");
+    mark!("del: veth pair");
     let pod = match worker {
         Ok(h) => h.join().unwrap_or_else(|_| {
             tracing::warn!("DEL: the pod-side thread panicked");
@@ -820,7 +796,7 @@ fn del_underlay_first(args: &CmdArgs, conf: &Conf, prev: &CniResult, host: &Hand
             pod_work(args.netns.clone(), pod_side, prev.clone())()
         }
     };
-    mark("del: pod side (waited for)");
+    mark!("del: pod side (waited for)");
     // A veth0 that did not belong to our host veth (a stale one) goes too.
     if let Some(pod) = &pod {
         let _ = link::delete_by_name(pod, POD_VETH);

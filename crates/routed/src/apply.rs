@@ -13,32 +13,8 @@ use crate::config::RoutedConf;
 use crate::ipam;
 use crate::plan::{self, Plan, HOST_VETH_MAC};
 
-/// Phase timings at debug level (`KNIT_LOG=knit_routed=debug`, with `KNIT_LOG_FILE` to collect
-/// them from under a runtime): where an ADD or a DEL spends its time. `knit bench cni-add-del`
-/// measures the whole; these spans say which part to look at.
-mod spans {
-    use std::cell::Cell;
-    use std::time::Instant;
-
-    thread_local! {
-        static LAST: Cell<Option<Instant>> = const { Cell::new(None) };
-    }
-
-    /// Logs the time since the previous mark (or since [`start`]) under `phase`.
-    pub fn mark(phase: &str) {
-        if !tracing::enabled!(tracing::Level::DEBUG) {
-            return;
-        }
-        let now = Instant::now();
-        let us = LAST.with(|l| l.replace(Some(now))).map(|t| (now - t).as_micros() as u64).unwrap_or(0);
-        tracing::debug!(phase, us, "span");
-    }
-
-    pub fn start() {
-        LAST.with(|l| l.set(Some(Instant::now())));
-    }
-}
-use spans::mark;
+use knit_cni::phase_mark as mark;
+use knit_cni::spans;
 
 /// Maps a host-state error to a CNI error with context. Kernel errors have no CNI code of their
 /// own; 999 is what the reference skeleton uses for untyped errors.
@@ -79,14 +55,14 @@ impl Routed {
     fn add_with(&self, args: &CmdArgs, conf: &RoutedConf) -> Result<CniResult, CniError> {
         let pod_ns = open_netns(&args.netns)?;
         let identity = Self::identity(args);
-        mark("add: config");
+        mark!("add: config");
         std::thread::scope(|s| {
             let ipam_job = std::thread::Builder::new()
                 .name("knit-routed-ipam".into())
                 .spawn_scoped(s, || ipam::add(args))
                 .map_err(|e| CniError::generic(format!("starting the IPAM thread: {e}")))?;
             let veth = prepare_veth(args, conf, &identity, &pod_ns);
-            mark("add: netlink sockets, veth pair");
+            mark!("add: netlink sockets, veth pair");
             let ipam = match ipam_job.join() {
                 Ok(r) => r,
                 Err(p) => std::panic::resume_unwind(p),
@@ -97,11 +73,11 @@ impl Routed {
                 Err(_) => None,
             };
             let ipam = ipam?;
-            mark("add: IPAM plugin (waited for)");
+            mark!("add: IPAM plugin (waited for)");
             let (host, pod, host_index, mut veth_guard) = veth?;
             let plan = plan::plan(&identity, &args.ifname, conf.mtu(), &ipam)?;
             let pod_mac = install(&plan, &host, host_index, &pod, &pod_ns)?;
-            mark("add: addresses, routes, sysctls");
+            mark!("add: addresses, routes, sysctls");
             let result = plan::result(&plan, &ipam, pod_mac, &args.netns, args.conf.version());
             veth_guard.index = None;
             if let Some(g) = ipam_guard {
@@ -242,12 +218,12 @@ impl Plugin for Routed {
                 .spawn_scoped(s, || ipam::del(args))
                 .map_err(|e| CniError::generic(format!("starting the IPAM thread: {e}")))?;
             let links = self.del_links(args);
-            mark("del: veth pair");
+            mark!("del: veth pair");
             let ipam = match ipam_job.join() {
                 Ok(r) => r,
                 Err(p) => std::panic::resume_unwind(p),
             };
-            mark("del: IPAM plugin (waited for)");
+            mark!("del: IPAM plugin (waited for)");
             links.and(ipam)
         })
     }
