@@ -58,6 +58,18 @@ impl Proto {
     }
 }
 
+impl std::str::FromStr for Proto {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Proto, String> {
+        match s {
+            "tcp" => Ok(Proto::Tcp),
+            "udp" => Ok(Proto::Udp),
+            "icmp" => Ok(Proto::Icmp),
+            o => Err(format!("unknown protocol {o:?} (tcp, udp or icmp)")),
+        }
+    }
+}
+
 /// Where the source sits relative to the target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]

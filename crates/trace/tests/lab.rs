@@ -149,11 +149,7 @@ fn kernel_agreement(name: &str, s: &Snapshot) {
 /// The trace requests that decide a matrix cell, and how to read their verdicts.
 fn predict(s: &Snapshot, job: &Job) -> (bool, Vec<Trace>) {
     let src_ns = s.ns_index(&job.source).expect("source namespace");
-    let proto = match job.proto {
-        matrix::Proto::Tcp => Proto::Tcp,
-        matrix::Proto::Udp => Proto::Udp,
-        matrix::Proto::Icmp => Proto::Icmp,
-    };
+    let proto = job.proto;
     let lab = s.lab.as_ref().expect("lab state");
     let req = |endpoint: Option<IpAddr>| Request { src_ns, src_ip: None, dst: job.dst.ip(), dport: job.dst.port(), proto, endpoint };
     match &job.want {
