@@ -10,7 +10,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::{Error, Result};
 
 /// IP address family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Family {
     /// IPv4 (`AF_INET`).
@@ -31,6 +31,22 @@ impl Family {
     /// The family of a prefix.
     pub fn of_net(net: &IpNet) -> Family {
         Family::of(&net.addr())
+    }
+
+    /// Address width in bits.
+    pub fn bits(self) -> u8 {
+        match self {
+            Family::V4 => 32,
+            Family::V6 => 128,
+        }
+    }
+
+    /// `IPv4` or `IPv6`, for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        }
     }
 
     /// The "any" prefix of this family (`0.0.0.0/0` or `::/0`).
