@@ -199,12 +199,19 @@ pub fn ipam_gc(args: &CmdArgs) -> Result<(), CniError> {
 #[must_use = "the guard releases the allocation when dropped"]
 pub struct IpamGuard<'a> {
     args: &'a CmdArgs,
+    release: fn(&CmdArgs) -> Result<(), CniError>,
     armed: bool,
 }
 
 impl<'a> IpamGuard<'a> {
+    /// Releases through the IPAM plugin ([`ipam_del`]).
     pub fn new(args: &'a CmdArgs) -> IpamGuard<'a> {
-        IpamGuard { args, armed: true }
+        IpamGuard::with_release(args, ipam_del)
+    }
+
+    /// Releases with `release` (a plugin that runs its IPAM in-process).
+    pub fn with_release(args: &'a CmdArgs, release: fn(&CmdArgs) -> Result<(), CniError>) -> IpamGuard<'a> {
+        IpamGuard { args, release, armed: true }
     }
 
     /// Keeps the allocation.
@@ -216,7 +223,7 @@ impl<'a> IpamGuard<'a> {
 impl Drop for IpamGuard<'_> {
     fn drop(&mut self) {
         if self.armed {
-            if let Err(e) = ipam_del(self.args) {
+            if let Err(e) = (self.release)(self.args) {
                 tracing::warn!("rolling back IPAM allocation: {e}");
             }
         }

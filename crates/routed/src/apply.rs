@@ -69,7 +69,7 @@ impl Routed {
             };
             // From here a failure releases the allocation (and `veth` deletes the pair).
             let ipam_guard = match &ipam {
-                Ok(_) => Some(ipam::Guard::new(args)),
+                Ok(_) => Some(ipam::guard(args)),
                 Err(_) => None,
             };
             let ipam = ipam?;

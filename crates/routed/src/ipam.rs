@@ -52,29 +52,7 @@ pub fn gc(args: &CmdArgs) -> Result<(), CniError> {
     }
 }
 
-/// Releases the allocation when dropped armed (a failed ADD).
-pub struct Guard<'a> {
-    args: &'a CmdArgs,
-    armed: bool,
-}
-
-impl<'a> Guard<'a> {
-    pub fn new(args: &'a CmdArgs) -> Guard<'a> {
-        Guard { args, armed: true }
-    }
-
-    /// Keeps the allocation.
-    pub fn disarm(mut self) {
-        self.armed = false;
-    }
-}
-
-impl Drop for Guard<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            if let Err(e) = del(self.args) {
-                tracing::warn!("rolling back IPAM allocation: {e}");
-            }
-        }
-    }
+/// Releases the allocation (through [`del`]) when dropped armed: a failed ADD.
+pub fn guard(args: &CmdArgs) -> delegate::IpamGuard<'_> {
+    delegate::IpamGuard::with_release(args, del)
 }
