@@ -21,6 +21,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
+use nix::sys::signal::Signal;
 use knit_agent::bird::{self, Bird, NodeBgp, Peer, Timers, TorBgp, TorSession};
 use knit_cni::runtime::{Runtime, RuntimeArgs};
 use knit_cni::NetConfList;
@@ -473,7 +474,6 @@ impl Lab {
                 IpAddr::V6(_) => Err(LabError::Invalid(format!("{what}: BGP in the lab is IPv4 only ({ip})"))),
             }
         };
-        let mut sessions = Vec::new();
         for n in &topo.nodes {
             let node_ip = v4(&n.name, n.ip.addr())?;
             let gw = topo.fabric_gateway_for(n.ip.addr()).map(|g| g.addr()).ok_or_else(|| LabError::Invalid(format!("node {}: no fabric subnet", n.name)))?;
@@ -492,9 +492,8 @@ impl Lab {
             };
             let text = bird::node_config(&cfg).map_err(|e| LabError::Bgp { node: n.name.clone(), msg: e.to_string() })?;
             self.spawn_bird(&n.name, Some(&text))?;
-            sessions.push(TorSession { local_ip: gw, node: Peer { ip: IpAddr::V4(node_ip), asn: topo.node_asn } });
         }
-        self.start_tor(sessions)
+        self.start_tor()
     }
 
     fn tor_sessions(&self) -> Result<Vec<TorSession>> {
@@ -509,12 +508,14 @@ impl Lab {
         Ok(sessions)
     }
 
-    fn start_tor(&mut self, sessions: Vec<TorSession>) -> Result<()> {
-        let text = self.tor_text(sessions)?;
+    fn start_tor(&mut self) -> Result<()> {
+        let text = self.tor_text()?;
         self.spawn_bird(crate::topology::FABRIC_NAME, Some(&text))
     }
 
-    fn tor_text(&self, sessions: Vec<TorSession>) -> Result<String> {
+    /// The ToR's BIRD configuration: one session per node of the topology.
+    fn tor_text(&self) -> Result<String> {
+        let sessions = self.tor_sessions()?;
         let topo = self.plan.topo.clone();
         let router_id = topo
             .fabric
@@ -542,14 +543,13 @@ impl Lab {
         for n in &nodes {
             self.start_node_bird_cluster(n)?;
         }
-        let sessions = self.tor_sessions()?;
-        self.start_tor(sessions)
+        self.start_tor()
     }
 
     /// Rewrites the ToR's configuration for the current nodes and reloads it (sessions of
     /// unchanged nodes stay up).
     pub(crate) fn reconfigure_tor(&mut self) -> Result<()> {
-        let text = self.tor_text(self.tor_sessions()?)?;
+        let text = self.tor_text()?;
         let b = Bird::new(self.plan.bird_dir(crate::topology::FABRIC_NAME));
         let err = |e: bird::BirdError| LabError::Bgp { node: "fabric".into(), msg: e.to_string() };
         b.write_config(&text).map_err(err)?;
@@ -618,7 +618,7 @@ impl Lab {
         loop {
             let r = fabric
                 .run(|| -> std::result::Result<(), String> {
-                    let mut reg = knit_agent::registry::Registry::connect(&[ep.clone()], &Default::default(), knit_agent::registry::DEFAULT_PREFIX, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+                    let mut reg = knit_agent::registry::Registry::connect(std::slice::from_ref(&ep), &Default::default(), knit_agent::registry::DEFAULT_PREFIX, Duration::from_secs(2)).map_err(|e| e.to_string())?;
                     reg.set_cluster_config(&cluster).map_err(|e| e.to_string())
                 })
                 .map_err(host("enter fabric"))?;
@@ -868,42 +868,20 @@ pub struct Teardown {
 /// Idempotent: a lab that is (partly) gone is removed as far as it exists.
 pub fn down(name: &str, run_dir: &Path) -> Result<Teardown> {
     plan::validate_name(name)?;
-    let mut report = Teardown::default();
     let names = existing_namespaces(name)?;
-    let mut inodes = BTreeSet::new();
-    for n in &names {
-        if let Ok(ns) = Netns::open_named(n) {
-            if let Ok(i) = ns.inode() {
-                inodes.insert(i);
-            }
-        }
-    }
-    // Processes in the lab's namespaces (BIRD, echo servers, shells of `knit lab exec`) keep
-    // a namespace, and so its links, alive after its name is gone: kill them first.
-    let me = std::process::id();
-    let victims: Vec<u32> = processes_in(&inodes).into_iter().filter(|p| *p != me).collect();
-    for pid in &victims {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid as i32), nix::sys::signal::Signal::SIGKILL);
-    }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while victims.iter().any(|p| Path::new(&format!("/proc/{p}")).exists() && !is_zombie(*p)) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    report.processes = victims;
-    for n in names {
-        Netns::delete_named(&n).map_err(host(format!("delete namespace {n}")))?;
-        report.namespaces.push(n);
-    }
+    let processes = remove_namespaces(&names, &[(Signal::SIGKILL, Duration::from_secs(5))])?;
     let dir = run_dir.join(name);
     if dir.exists() {
         fs::remove_dir_all(&dir).map_err(io("remove lab directory", &dir))?;
     }
-    Ok(report)
+    Ok(Teardown { namespaces: names, processes })
 }
 
-/// Removes some namespaces of a running lab: SIGTERM to their processes (an agent leaves the
-/// registry), SIGKILL to what is left after a grace period, then the namespaces themselves.
-pub(crate) fn remove_namespaces(names: &[String]) -> Result<()> {
+/// Deletes `names` (namespaces of a lab) after the processes living in them: each signal of
+/// `signals` in turn, waiting up to its time for them to exit. Processes keep a namespace,
+/// and so its links, alive after its name is gone (BIRD, echo servers, `knit lab exec`
+/// shells). Returns the pids signalled.
+pub(crate) fn remove_namespaces(names: &[String], signals: &[(Signal, Duration)]) -> Result<Vec<u32>> {
     let mut inodes = BTreeSet::new();
     for n in names {
         if let Ok(ns) = Netns::open_named(n) {
@@ -915,19 +893,19 @@ pub(crate) fn remove_namespaces(names: &[String]) -> Result<()> {
     let me = std::process::id();
     let victims: Vec<u32> = processes_in(&inodes).into_iter().filter(|p| *p != me).collect();
     let alive = |v: &[u32]| v.iter().any(|p| Path::new(&format!("/proc/{p}")).exists() && !is_zombie(*p));
-    for sig in [nix::sys::signal::Signal::SIGTERM, nix::sys::signal::Signal::SIGKILL] {
+    for (sig, wait) in signals {
         for pid in &victims {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid as i32), sig);
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid as i32), *sig);
         }
-        let deadline = Instant::now() + Duration::from_secs(3);
+        let deadline = Instant::now() + *wait;
         while alive(&victims) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
     for n in names {
         Netns::delete_named(n).map_err(host(format!("delete namespace {n}")))?;
     }
-    Ok(())
+    Ok(victims)
 }
 
 fn is_zombie(pid: u32) -> bool {
@@ -955,22 +933,14 @@ fn processes_in(inodes: &BTreeSet<u64>) -> Vec<u32> {
     out
 }
 
-/// Labs with a directory under `run_dir` or namespaces on this machine.
+/// Labs with a directory under `run_dir` (a lab's namespaces can't be told apart from a
+/// namespace name alone: lab names may hold '-').
 pub fn list(run_dir: &Path) -> Result<Vec<String>> {
     let mut names = BTreeSet::new();
     if let Ok(rd) = fs::read_dir(run_dir) {
         for e in rd.flatten() {
             if let Some(n) = e.file_name().to_str() {
                 names.insert(n.to_string());
-            }
-        }
-    }
-    for n in Netns::list_named().map_err(host("list namespaces"))? {
-        if let Some(rest) = n.strip_prefix("knit-") {
-            if let Some((lab, _)) = rest.rsplit_once('-') {
-                if run_dir.join(lab).exists() {
-                    names.insert(lab.to_string());
-                }
             }
         }
     }

@@ -7,9 +7,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
+use nix::sys::signal::Signal;
 use knit_host::{route, Family, Handle};
 
-use crate::build::{existing_namespaces, Lab, Serve};
+use crate::build::{Lab, Serve};
 use crate::error::{host, LabError, Result};
 use crate::kubeproxy::Mode;
 use crate::topology::{Endpoints, Node, Pod};
@@ -81,11 +82,12 @@ impl Lab {
         }
         let blocks: BTreeSet<IpNet> = self.blocks(node)?.into_iter().collect();
         let pods: Vec<String> = self.plan.topo.pods.iter().filter(|p| p.node == node).map(|p| p.name.clone()).collect();
-        // The node and its pods, in that order: the agent gets SIGTERM first to leave at once.
+        // The node and its pods.
         let mut parts = vec![node.to_string()];
         parts.extend(pods.iter().cloned());
         let names: Vec<String> = parts.iter().map(|p| self.plan.ns(p)).collect();
-        crate::build::remove_namespaces(&names)?;
+        // SIGTERM first: the agent revokes its lease and leaves the registry at once.
+        crate::build::remove_namespaces(&names, &[(Signal::SIGTERM, Duration::from_secs(3)), (Signal::SIGKILL, Duration::from_secs(3))])?;
         for n in &names {
             self.namespaces.remove(n);
         }
@@ -128,10 +130,5 @@ impl Lab {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-    }
-
-    /// The lab's namespaces that exist now.
-    pub fn namespaces_now(&self) -> Result<Vec<String>> {
-        existing_namespaces(&self.plan.name)
     }
 }
