@@ -409,47 +409,54 @@ fn matrix_run(build: &BuildArgs, json: bool, name: Option<String>) -> Result<boo
     }
     let cells = cells?;
     teardown?;
+    let mode = knit_lab::build::mode_name(build.kube_proxy.into());
+    let extra = serde_json::json!({
+        "setup_seconds": setup.as_secs_f64(),
+        "probe_seconds": probes.as_secs_f64(),
+        "teardown_seconds": teardown_time.as_secs_f64(),
+        "kube_proxy": mode,
+        "underlay_routes": !build.no_underlay_routes,
+        "datastore": match build.datastore { DatastoreArg::Local => "local", DatastoreArg::Etcd => "etcd" },
+    });
+    let context = format!(
+        "setup {:.1}s, probes {:.1}s, teardown {:.1}s; kube-proxy {mode}{}",
+        setup.as_secs_f64(),
+        probes.as_secs_f64(),
+        teardown_time.as_secs_f64(),
+        if build.no_underlay_routes { ", no underlay routes" } else { "" }
+    );
+    Ok(print_cells(&cells, json, t0.elapsed().as_secs_f64(), extra, &context))
+}
+
+/// Prints the cells (the table, the failed and retried cells and a summary line, or JSON with
+/// `extra`'s keys added); true when every cell passed.
+fn print_cells(cells: &[Cell], json: bool, seconds: f64, extra: serde_json::Value, context: &str) -> bool {
     let passed = cells.iter().filter(|c| c.ok).count();
     let retried = cells.iter().filter(|c| c.retried).count();
     let failed = cells.len() - passed;
-    let seconds = t0.elapsed().as_secs_f64();
     if json {
-        let out = serde_json::json!({
+        let mut out = serde_json::json!({
             "cells": cells,
             "passed": passed,
             "failed": failed,
             "retried": retried,
             "seconds": seconds,
-            "setup_seconds": setup.as_secs_f64(),
-            "probe_seconds": probes.as_secs_f64(),
-            "teardown_seconds": teardown_time.as_secs_f64(),
-            "kube_proxy": match build.kube_proxy { KubeProxy::Legacy => "legacy", KubeProxy::Modern => "modern" },
-            "underlay_routes": !build.no_underlay_routes,
-            "datastore": match build.datastore { DatastoreArg::Local => "local", DatastoreArg::Etcd => "etcd" },
         });
+        if let (Some(o), serde_json::Value::Object(e)) = (out.as_object_mut(), extra) {
+            o.extend(e);
+        }
         println!("{out}");
     } else {
-        println!("{}", matrix::table(&cells));
+        println!("{}", matrix::table(cells));
         for c in cells.iter().filter(|c| !c.ok) {
-            println!("❌ {} → {} [{} {}]: {}", c.source, c.target, c.proto.as_str(), placement_name(c), c.detail);
+            println!("❌ {} → {} [{} {}]: {}", c.source, c.target, c.proto.as_str(), c.placement.as_str(), c.detail);
         }
         for c in cells.iter().filter(|c| c.retried) {
-            println!("⚠ {} → {} [{} {}]: {}", c.source, c.target, c.proto.as_str(), placement_name(c), c.detail);
+            println!("⚠ {} → {} [{} {}]: {}", c.source, c.target, c.proto.as_str(), c.placement.as_str(), c.detail);
         }
-        println!(
-            "{} cells: {passed} passed ({retried} on a second try), {failed} failed in {seconds:.1}s (setup {:.1}s, probes {:.1}s, teardown {:.1}s; kube-proxy {}{})",
-            cells.len(),
-            setup.as_secs_f64(),
-            probes.as_secs_f64(),
-            teardown_time.as_secs_f64(),
-            match build.kube_proxy {
-                KubeProxy::Legacy => "legacy",
-                KubeProxy::Modern => "modern",
-            },
-            if build.no_underlay_routes { ", no underlay routes" } else { "" }
-        );
+        println!("{} cells: {passed} passed ({retried} on a second try), {failed} failed in {seconds:.1}s ({context})", cells.len());
     }
-    Ok(failed == 0)
+    failed == 0
 }
 
 fn parse_pod(spec: &str, node: &str) -> Result<knit_lab::topology::Pod, LabError> {
@@ -500,30 +507,9 @@ fn matrix_existing(build: &BuildArgs, json: bool, name: &str) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let passed = cells.iter().filter(|c| c.ok).count();
-    let failed = cells.len() - passed;
-    let seconds = t0.elapsed().as_secs_f64();
-    if json {
-        println!("{}", serde_json::json!({"cells": cells, "passed": passed, "failed": failed, "seconds": seconds, "lab": name}));
-    } else {
-        println!("{}", matrix::table(&cells));
-        for c in cells.iter().filter(|c| !c.ok) {
-            println!("❌ {} → {} [{} {}]: {}", c.source, c.target, c.proto.as_str(), placement_name(c), c.detail);
-        }
-        println!("{} cells: {passed} passed, {failed} failed in {seconds:.1}s (lab {name})", cells.len());
-    }
-    if failed == 0 {
+    if print_cells(&cells, json, t0.elapsed().as_secs_f64(), serde_json::json!({"lab": name}), &format!("lab {name}")) {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
-    }
-}
-
-fn placement_name(c: &Cell) -> &'static str {
-    match c.placement {
-        matrix::Placement::SameNode => "same-node",
-        matrix::Placement::CrossNode => "cross-node",
-        matrix::Placement::External => "external",
-        matrix::Placement::Node => "node",
     }
 }

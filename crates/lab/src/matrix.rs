@@ -84,6 +84,18 @@ pub enum Placement {
     Node,
 }
 
+impl Placement {
+    /// The name in JSON (`same-node`, `cross-node`, `external`, `node`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Placement::SameNode => "same-node",
+            Placement::CrossNode => "cross-node",
+            Placement::External => "external",
+            Placement::Node => "node",
+        }
+    }
+}
+
 /// Which answers make a cell pass.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Want {
