@@ -436,28 +436,31 @@ pub fn pods_for(state: &knit_lab::state::LabState, src: &str, dst: &str) -> std:
 /// [`pods_for`] names (every pod when there are at most [`ALL_PODS_UP_TO`]), so a trace on a
 /// node with a thousand pods reads a dozen namespaces, not a thousand.
 pub fn read_lab_for(name: &str, run_dir: &Path, src: &str, dst: &str) -> Result<Snapshot> {
-    let lab = knit_lab::Lab::open(name, run_dir).map_err(|e| Error::Other(format!("open lab {name}: {e}")))?;
-    let keep = if lab.state.pods.len() <= ALL_PODS_UP_TO { None } else { Some(pods_for(&lab.state, src, dst)) };
-    drop(lab);
-    let (sources, st) = lab_sources(name, run_dir)?;
-    let sources: Vec<Source> = sources
-        .into_iter()
-        .filter(|s| !matches!(s.role, Role::Pod { .. }) || keep.as_ref().is_none_or(|k| k.contains(&s.name)))
-        .collect();
+    let (sources, st) = lab_sources(name, run_dir, Some((src, dst)))?;
     let mut snap = read(&sources)?;
     snap.lab = Some(st);
     Ok(snap)
 }
 
-/// The namespaces of a running lab, named by their part (`node1`, `overlay1`, `fabric`).
-pub fn lab_sources(name: &str, run_dir: &Path) -> Result<(Vec<Source>, knit_lab::state::LabState)> {
+/// The namespaces of a running lab, named by their part (`node1`, `overlay1`, `fabric`); with
+/// `trace = Some((src, dst))`, only the pods [`read_lab_for`] keeps.
+pub fn lab_sources(name: &str, run_dir: &Path, trace: Option<(&str, &str)>) -> Result<(Vec<Source>, knit_lab::state::LabState)> {
     let lab = knit_lab::Lab::open(name, run_dir).map_err(|e| Error::Other(format!("open lab {name}: {e}")))?;
     let st = lab.state.clone();
+    let keep = match trace {
+        Some((src, dst)) if st.pods.len() > ALL_PODS_UP_TO => Some(pods_for(&st, src, dst)),
+        _ => None,
+    };
     let topo = &lab.plan.topo;
     let mut parts: Vec<(String, Role)> = vec![(knit_lab::topology::FABRIC_NAME.to_string(), Role::Fabric)];
     parts.extend(topo.nodes.iter().map(|n| (n.name.clone(), Role::Node)));
     parts.extend(topo.clients.iter().map(|c| (c.name.clone(), Role::Client)));
-    parts.extend(topo.pods.iter().map(|p| (p.name.clone(), Role::Pod { node: p.node.clone() })));
+    parts.extend(
+        topo.pods
+            .iter()
+            .filter(|p| keep.as_ref().is_none_or(|k| k.contains(&p.name)))
+            .map(|p| (p.name.clone(), Role::Pod { node: p.node.clone() })),
+    );
     let mut out = Vec::new();
     for (part, role) in parts {
         let ns = lab.netns(&part).map_err(|e| Error::Other(e.to_string()))?;
@@ -469,7 +472,7 @@ pub fn lab_sources(name: &str, run_dir: &Path) -> Result<(Vec<Source>, knit_lab:
 
 /// Snapshot of a running lab.
 pub fn read_lab(name: &str, run_dir: &Path) -> Result<Snapshot> {
-    let (sources, st) = lab_sources(name, run_dir)?;
+    let (sources, st) = lab_sources(name, run_dir, None)?;
     let mut snap = read(&sources)?;
     snap.lab = Some(st);
     Ok(snap)
