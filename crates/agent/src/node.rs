@@ -56,21 +56,19 @@ fn v4_nets(nets: &[IpNet]) -> Vec<IpNet> {
     nets.iter().copied().filter(|n| matches!(n, IpNet::V4(_))).collect()
 }
 
-fn blocks(cfg: &AgentConfig) -> Result<Vec<IpNet>, String> {
+/// This node's IPAM blocks. The store is opened once (an etcd store holds a connection) and
+/// again only after an error.
+fn blocks(cfg: &AgentConfig, ipam: &mut Option<knit_ipam::Ipam>) -> Result<Vec<IpNet>, String> {
     let Some(path) = &cfg.ipam_config else { return Ok(Vec::new()) };
-    let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let v: serde_json::Value = serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    // An ipam object, a plugin config with "ipam", or a conflist whose first plugin has one.
-    let ipam = if v.get("ipam").is_some() {
-        v["ipam"].clone()
-    } else if let Some(p) = v["plugins"].as_array().and_then(|ps| ps.iter().find(|p| p.get("ipam").is_some())) {
-        p["ipam"].clone()
-    } else {
-        v
-    };
-    let ipam_cfg = knit_ipam::IpamConfig::from_value(&ipam, "ipam").map_err(|e| e.to_string())?;
-    let ipam = knit_ipam::Ipam::open_for_inspection(ipam_cfg).map_err(|e| e.to_string())?;
-    ipam.blocks_of(&cfg.node).map_err(|e| e.to_string())
+    if ipam.is_none() {
+        let ipam_cfg = knit_ipam::config::load_file(path)?;
+        *ipam = Some(knit_ipam::Ipam::open_for_inspection(ipam_cfg).map_err(|e| e.to_string())?);
+    }
+    let r = ipam.as_ref().map(|i| i.blocks_of(&cfg.node)).unwrap_or_else(|| Ok(Vec::new()));
+    r.map_err(|e| {
+        *ipam = None;
+        e.to_string()
+    })
 }
 
 fn underlay(cfg: &AgentConfig) -> Result<Vec<IpAddr>, String> {
@@ -102,30 +100,47 @@ pub fn cidr_file_text(c: &ClusterConfig) -> String {
     serde_json::to_string_pretty(c).unwrap_or_default()
 }
 
+/// The agent's connection and what it last wrote, so each round changes only what moved.
+struct Agent {
+    reg: Registry,
+    /// The IPAM store, opened on first use.
+    ipam: Option<knit_ipam::Ipam>,
+    bird: Bird,
+    last_record: Option<NodeRecord>,
+    last_bird: String,
+    /// BIRD runs `last_bird` (reloaded, or started after it was written).
+    bird_current: bool,
+    last_peers: Vec<Ipv4Addr>,
+}
+
 /// Runs until `stop` is set; then revokes the lease so the node leaves at once.
 pub fn run(cfg: &AgentConfig, stop: &AtomicBool) -> Result<(), String> {
     let mut reg = Registry::connect(&cfg.endpoints, &cfg.tls, &cfg.prefix, Duration::from_secs(5)).map_err(|e| e.to_string())?;
     reg.grant(cfg.lease_ttl).map_err(|e| e.to_string())?;
     tracing::info!(node = %cfg.node, ip = %cfg.node_ip, ttl = cfg.lease_ttl, "registered");
-    let bird = Bird::new(&cfg.bird_dir);
-    let mut last_record: Option<NodeRecord> = None;
-    let mut last_bird = String::new();
-    let mut bird_current = false;
-    let mut last_peers: Vec<Ipv4Addr> = Vec::new();
+    let mut agent = Agent {
+        reg,
+        ipam: None,
+        bird: Bird::new(&cfg.bird_dir),
+        last_record: None,
+        last_bird: String::new(),
+        bird_current: false,
+        last_peers: Vec::new(),
+    };
     let mut last_ka = Instant::now();
     let ka_every = Duration::from_secs((cfg.lease_ttl as u64 / 3).max(1));
     while !stop.load(Ordering::SeqCst) {
         if last_ka.elapsed() >= ka_every {
-            if let Err(e) = reg.keep_alive() {
+            if let Err(e) = agent.reg.keep_alive() {
                 tracing::warn!(error = %e, "lease lost; registering again");
-                if let Err(e) = reg.grant(cfg.lease_ttl) {
+                if let Err(e) = agent.reg.grant(cfg.lease_ttl) {
                     tracing::warn!(error = %e, "lease grant failed");
                 }
-                last_record = None;
+                agent.last_record = None;
             }
             last_ka = Instant::now();
         }
-        if let Err(e) = reconcile(cfg, &mut reg, &bird, &mut last_record, &mut last_bird, &mut bird_current, &mut last_peers) {
+        if let Err(e) = agent.reconcile(cfg) {
             tracing::warn!(error = %e, "reconcile");
         }
         let until = Instant::now() + cfg.interval;
@@ -134,80 +149,74 @@ pub fn run(cfg: &AgentConfig, stop: &AtomicBool) -> Result<(), String> {
         }
     }
     tracing::info!(node = %cfg.node, "stopping: leaving the registry");
-    reg.revoke().map_err(|e| e.to_string())
+    agent.reg.revoke().map_err(|e| e.to_string())
 }
 
-fn reconcile(
-    cfg: &AgentConfig,
-    reg: &mut Registry,
-    bird: &Bird,
-    last_record: &mut Option<NodeRecord>,
-    last_bird: &mut String,
-    bird_current: &mut bool,
-    last_peers: &mut Vec<Ipv4Addr>,
-) -> Result<(), String> {
-    let _ = knit_host::sysctl::set("net.ipv4.ip_forward", "1");
-    let blocks = blocks(cfg)?;
-    let ul = underlay(cfg)?;
-    let rec = NodeRecord { name: cfg.node.clone(), ip: IpAddr::V4(cfg.node_ip), asn: cfg.asn, blocks: blocks.clone(), underlay: ul.clone() };
-    if last_record.as_ref() != Some(&rec) {
-        reg.put_node(&rec).map_err(|e| e.to_string())?;
-        tracing::info!(blocks = blocks.len(), underlay = ul.len(), "published node record");
-        *last_record = Some(rec);
-    }
-    let cluster = reg.cluster_config().map_err(|e| e.to_string())?.unwrap_or_default();
-    if write_if_changed(&cfg.cidr_file, &cidr_file_text(&cluster))? {
-        tracing::info!(file = %cfg.cidr_file.display(), "wrote the coordinator's CIDR file");
-    }
-    let mut peers: Vec<Ipv4Addr> = reg
-        .nodes()
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .filter(|n| n.name != cfg.node)
-        .filter_map(|n| match n.ip {
-            IpAddr::V4(a) if a != cfg.node_ip => Some(a),
-            _ => None,
-        })
-        .collect();
-    peers.sort();
-    peers.dedup();
-    if *last_peers != peers {
-        tracing::info!(peers = ?peers, "peers changed");
-        *last_peers = peers.clone();
-    }
-    if cluster.overlay_pod_cidr.is_empty() && !peers.is_empty() {
-        return Err("cluster settings have no overlayPodCIDR yet (knit cluster set --overlay-cidr ...)".into());
-    }
-    let bgp = NodeBgp {
-        node_ip: cfg.node_ip,
-        asn: cfg.asn,
-        node_peers: peers,
-        tor: cfg.tor,
-        overlay_cidrs: v4_nets(&cluster.overlay_pod_cidr),
-        blocks: v4_nets(&blocks),
-        underlay_routes: v4_nets(&ul.iter().map(|ip| IpNet::from(*ip)).collect::<Vec<_>>()),
-        service_cidrs: v4_nets(&cluster.service_cidr),
-        timers: Timers::FAST,
-    };
-    let text = node_config(&bgp).map_err(|e| e.to_string())?;
-    if text != *last_bird {
-        bird.write_config(&text).map_err(|e| e.to_string())?;
-        *last_bird = text;
-        *bird_current = false;
-    }
-    if !*bird_current && started_after(&bird.socket_path(), &bird.config_path()) {
-        // BIRD (re)started after the file was written, so it runs this text already: a reload
-        // would be a no-op at best.
-        *bird_current = true;
-    }
-    if !*bird_current && bird.socket_path().exists() {
-        match bird.configure() {
-            Ok(()) => {
-                *bird_current = true;
-                tracing::info!("BIRD reconfigured");
-            }
-            Err(e) => tracing::warn!(error = %e, "birdc configure"),
+impl Agent {
+    fn reconcile(&mut self, cfg: &AgentConfig) -> Result<(), String> {
+        let _ = knit_host::sysctl::set("net.ipv4.ip_forward", "1");
+        let blocks = blocks(cfg, &mut self.ipam)?;
+        let ul = underlay(cfg)?;
+        let rec = NodeRecord { name: cfg.node.clone(), ip: IpAddr::V4(cfg.node_ip), asn: cfg.asn, blocks: blocks.clone(), underlay: ul.clone() };
+        if self.last_record.as_ref() != Some(&rec) {
+            self.reg.put_node(&rec).map_err(|e| e.to_string())?;
+            tracing::info!(blocks = blocks.len(), underlay = ul.len(), "published node record");
+            self.last_record = Some(rec);
         }
+        let cluster = self.reg.cluster_config().map_err(|e| e.to_string())?.unwrap_or_default();
+        if write_if_changed(&cfg.cidr_file, &cidr_file_text(&cluster))? {
+            tracing::info!(file = %cfg.cidr_file.display(), "wrote the coordinator's CIDR file");
+        }
+        let mut peers: Vec<Ipv4Addr> = self.reg
+            .nodes()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter(|n| n.name != cfg.node)
+            .filter_map(|n| match n.ip {
+                IpAddr::V4(a) if a != cfg.node_ip => Some(a),
+                _ => None,
+            })
+            .collect();
+        peers.sort();
+        peers.dedup();
+        if self.last_peers != peers {
+            tracing::info!(peers = ?peers, "peers changed");
+            self.last_peers = peers.clone();
+        }
+        if cluster.overlay_pod_cidr.is_empty() && !peers.is_empty() {
+            return Err("cluster settings have no overlayPodCIDR yet (knit cluster set --overlay-cidr ...)".into());
+        }
+        let bgp = NodeBgp {
+            node_ip: cfg.node_ip,
+            asn: cfg.asn,
+            node_peers: peers,
+            tor: cfg.tor,
+            overlay_cidrs: v4_nets(&cluster.overlay_pod_cidr),
+            blocks: v4_nets(&blocks),
+            underlay_routes: v4_nets(&ul.iter().map(|ip| IpNet::from(*ip)).collect::<Vec<_>>()),
+            service_cidrs: v4_nets(&cluster.service_cidr),
+            timers: Timers::FAST,
+        };
+        let text = node_config(&bgp).map_err(|e| e.to_string())?;
+        if text != self.last_bird {
+            self.bird.write_config(&text).map_err(|e| e.to_string())?;
+            self.last_bird = text;
+            self.bird_current = false;
+        }
+        if !self.bird_current && started_after(&self.bird.socket_path(), &self.bird.config_path()) {
+            // BIRD (re)started after the file was written, so it runs this text already: a reload
+            // would be a no-op at best.
+            self.bird_current = true;
+        }
+        if !self.bird_current && self.bird.socket_path().exists() {
+            match self.bird.configure() {
+                Ok(()) => {
+                    self.bird_current = true;
+                    tracing::info!("BIRD reconfigured");
+                }
+                Err(e) => tracing::warn!(error = %e, "birdc configure"),
+            }
+        }
+        Ok(())
     }
-    Ok(())
 }

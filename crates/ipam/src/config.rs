@@ -742,6 +742,32 @@ pub fn hostname() -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
 
+/// Reads a knit-ipam configuration from a file holding a bare `ipam` object, a plugin
+/// configuration with an `ipam` key, or a conflist (the first plugin whose ipam is knit-ipam).
+pub fn load_file(path: &std::path::Path) -> std::result::Result<IpamConfig, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    let ipam = if let Some(plugins) = v.get("plugins").and_then(|p| p.as_array()) {
+        plugins
+            .iter()
+            .filter_map(|p| p.get("ipam"))
+            .find(|i| i.get("type").and_then(|t| t.as_str()) == Some("knit-ipam"))
+            .cloned()
+            .ok_or_else(|| {
+                format!(
+                    "{}: no plugin with a knit-ipam ipam section",
+                    path.display()
+                )
+            })?
+    } else if let Some(i) = v.get("ipam") {
+        i.clone()
+    } else {
+        v
+    };
+    IpamConfig::from_value(&ipam, "ipam").map_err(|e| e.msg())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
