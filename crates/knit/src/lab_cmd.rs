@@ -3,7 +3,7 @@
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand, ValueEnum};
@@ -162,7 +162,7 @@ pub fn run(c: LabCmd) -> ExitCode {
         LabSub::RemoveNode { name, run_dir, node } => remove_node(&name, &run_dir, &node),
         LabSub::Serve { pod, port } => serve(&pod, port),
     };
-    let res = if INTERRUPTED.load(Ordering::SeqCst) { wait_if_interrupted(ExitCode::FAILURE); res } else { res };
+    wait_if_interrupted(ExitCode::FAILURE);
     match res {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -180,49 +180,28 @@ fn load_topology(path: Option<&Path>) -> Result<Topology, LabError> {
 }
 
 /// Where the CNI plugins are: next to this executable (knit's plugins are built beside it),
-/// then `$CNI_PATH`, then Debian's and the usual directory.
+/// then `$CNI_PATH`, then Debian's and the usual directory (as `knit bench` finds them).
 fn cni_path() -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
-        out.push(dir);
-    }
-    if let Ok(p) = std::env::var("CNI_PATH") {
-        out.extend(std::env::split_paths(&p));
-    }
-    out.push(PathBuf::from("/usr/lib/cni"));
-    out.push(PathBuf::from("/opt/cni/bin"));
-    out
+    knit_bench::PluginDirs::discover().dirs
 }
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 /// After Ctrl-C, the build or the probes fail as the lab vanishes under them; the watcher
 /// thread is removing the lab and exits with 130, so don't exit first with another code.
 fn wait_if_interrupted(code: ExitCode) -> ExitCode {
-    while INTERRUPTED.load(Ordering::SeqCst) {
+    while crate::signals::terminated() {
         std::thread::sleep(Duration::from_millis(100));
     }
     code
 }
 
-extern "C" fn on_signal(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
 /// On Ctrl-C or SIGTERM while a lab is being built or probed: remove it, then exit 130.
 /// The handler only sets a flag; a watcher thread does the work outside signal context.
 fn remove_on_interrupt(name: String, run_dir: PathBuf) {
-    let action = nix::sys::signal::SigAction::new(
-        nix::sys::signal::SigHandler::Handler(on_signal),
-        nix::sys::signal::SaFlags::SA_RESTART,
-        nix::sys::signal::SigSet::empty(),
-    );
-    for sig in [nix::sys::signal::Signal::SIGINT, nix::sys::signal::Signal::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        let _ = unsafe { nix::sys::signal::sigaction(sig, &action) };
+    if let Err(e) = crate::signals::catch() {
+        eprintln!("knit lab: {e}");
     }
     std::thread::spawn(move || loop {
-        if INTERRUPTED.load(Ordering::SeqCst) {
+        if crate::signals::terminated() {
             eprintln!("\nknit lab: interrupted, removing lab {name}");
             knit_lab::build::CANCEL.store(true, Ordering::SeqCst);
             // Twice: the build may have made one more namespace while the first pass ran.

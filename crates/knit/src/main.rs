@@ -8,6 +8,7 @@ mod install_cmd;
 mod ipam_cmd;
 mod lab_cmd;
 mod node_cmd;
+mod signals;
 mod trace_cmd;
 
 use std::process::ExitCode;

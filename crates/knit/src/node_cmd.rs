@@ -121,23 +121,12 @@ fn blackholes(config: &std::path::Path, node: Option<String>) -> Result<(), Stri
     Ok(())
 }
 
-static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-extern "C" fn on_stop(_: libc::c_int) {
-    STOP.store(true, std::sync::atomic::Ordering::SeqCst);
-}
-
 fn run_agent(a: RunArgs) -> Result<(), String> {
-    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
     let node = match a.node {
         Some(n) => n,
         None => knit_ipam::config::hostname().ok_or("no --node and no hostname")?,
     };
-    let action = SigAction::new(SigHandler::Handler(on_stop), SaFlags::SA_RESTART, SigSet::empty());
-    for sig in [Signal::SIGINT, Signal::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { sigaction(sig, &action) }.map_err(|e| format!("signal handler: {e}"))?;
-    }
+    crate::signals::catch()?;
     let cfg = knit_agent::node::AgentConfig {
         node,
         node_ip: a.node_ip,
@@ -153,5 +142,5 @@ fn run_agent(a: RunArgs) -> Result<(), String> {
         lease_ttl: a.lease_ttl.max(2),
         interval: std::time::Duration::from_millis(a.interval_ms.max(50)),
     };
-    knit_agent::node::run(&cfg, &STOP)
+    knit_agent::node::run(&cfg, &crate::signals::TERMINATE)
 }
