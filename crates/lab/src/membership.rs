@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use nix::sys::signal::Signal;
-use knit_host::{route, Family, Handle};
+use knit_host::{inspect, route, Family, Handle};
 
 use crate::build::{Lab, Serve};
 use crate::error::{host, LabError, Result};
@@ -71,7 +71,7 @@ impl Lab {
     /// Removes `node` and its pods from a running cluster-mode lab: its agent leaves etcd
     /// (SIGTERM: it revokes its lease), its processes and namespaces go, the Services lose its
     /// endpoints, the ToR its session. Returns once no other node or the ToR routes to its
-    /// blocks any more.
+    /// blocks or through it any more.
     pub fn remove_node(&mut self, node: &str) -> Result<()> {
         self.require_cluster_mode()?;
         if self.plan.topo.node(node).is_none() {
@@ -81,6 +81,7 @@ impl Lab {
             return Err(LabError::Invalid("the last node can't leave".into()));
         }
         let blocks: BTreeSet<IpNet> = self.blocks(node)?.into_iter().collect();
+        let node_ip = self.plan.topo.node(node).map(|n| n.ip.addr());
         let pods: Vec<String> = self.plan.topo.pods.iter().filter(|p| p.node == node).map(|p| p.name.clone()).collect();
         // The node and its pods.
         let mut parts = vec![node.to_string()];
@@ -108,7 +109,8 @@ impl Lab {
         self.reconfigure_tor()?;
         self.save()?;
         // Withdrawn everywhere: the other nodes (its peers' sessions drop, its record expires)
-        // and the ToR.
+        // and the ToR: no route to its blocks, and no route (or ECMP next hop, like the ToR's
+        // for the Service CIDR) through it.
         let mut parts: Vec<String> = self.plan.topo.nodes.iter().map(|n| n.name.clone()).collect();
         parts.push(crate::topology::FABRIC_NAME.to_string());
         let deadline = Instant::now() + WITHDRAW_TIMEOUT;
@@ -117,8 +119,13 @@ impl Lab {
             for part in &parts {
                 let h = Handle::in_netns(self.netns(part)?).map_err(host(format!("netlink in {part}")))?;
                 for r in route::list(&h, Family::V4, Some(254)).map_err(host(format!("{part}: routes")))? {
-                    if r.protocol == route::proto::BIRD && blocks.contains(&r.dst) {
+                    if r.protocol == route::proto::BIRD && (blocks.contains(&r.dst) || r.gateway.is_some() && r.gateway == node_ip) {
                         left.push(format!("{part}: {}", r.dst));
+                    }
+                }
+                for r in inspect::multipath_routes(&h, Family::V4).map_err(host(format!("{part}: routes")))? {
+                    if r.nexthops.iter().any(|nh| nh.gateway.is_some() && nh.gateway == node_ip) {
+                        left.push(format!("{part}: {} (a next hop)", r.dst));
                     }
                 }
             }
@@ -126,7 +133,7 @@ impl Lab {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(LabError::Bgp { node: node.into(), msg: format!("routes to its blocks still there after {WITHDRAW_TIMEOUT:?}: {}", left.join(", ")) });
+                return Err(LabError::Bgp { node: node.into(), msg: format!("routes to its blocks or through it still there after {WITHDRAW_TIMEOUT:?}: {}", left.join(", ")) });
             }
             std::thread::sleep(Duration::from_millis(100));
         }
