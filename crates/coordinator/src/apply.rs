@@ -1,11 +1,13 @@
 //! ADD, DEL and CHECK of the coordinator against the kernel, through `knit-host`.
 //!
 //! The plugin runs in the node's namespace. Pod state is read and written through a netlink
-//! socket created inside the pod namespace; pod sysctls and the pod's iptables rules run on a
-//! short-lived thread inside it (knit-host's `Netns::run`), never by switching this thread.
+//! socket created inside the pod namespace; pod sysctls and the pod's reply-steering nf_tables
+//! rules are written from a short-lived thread inside it (knit-host's `Netns::run`), never by
+//! switching this thread.
 //!
-//! Speed (DESIGN.md section 8, `knit bench cni-add-del`): an underlay ADD starts its
-//! `iptables-restore` helper first and does the netlink work beside it; the node's IPs come
+//! Speed (DESIGN.md section 8, `knit bench cni-add-del`): an underlay ADD starts its pod
+//! thread (reply-steering rules in one nf_tables batch, no helper process) first and does the
+//! netlink work beside it; the node's IPs come
 //! from the address list, not a dump of every link; host routes are replaced and deleted by
 //! key, never by listing table 500; an underlay DEL deletes the veth pair from the host side
 //! while a pod thread removes the pod's rules. Debug-level spans (`KNIT_LOG=knit_coordinator=debug`)
@@ -17,6 +19,7 @@ use ipnet::IpNet;
 use knit_cni::{CmdArgs, CniError, CniResult, Plugin};
 use knit_host::route::Route;
 use knit_host::rule::Rule;
+use knit_host::nft::Nft;
 use knit_host::{addr, link, neigh, route, rule, sysctl, Family, Handle, Netns, Scope};
 
 use crate::config::Conf;
@@ -275,18 +278,18 @@ impl<'a> Indexes<'a> {
 
 /// What [`install`] tells the pod helper once the plan is in progress.
 enum HelperMsg {
-    /// Set these pod sysctls (veth0 exists by now), and remove the reply-steering rules of
-    /// these families (started speculatively, not in the plan).
+    /// Set these pod sysctls (veth0 exists by now), and remove the reply-steering tables of
+    /// these families (written speculatively, not in the plan).
     Finish { sysctls: Vec<(String, String)>, remove: Vec<Family> },
     /// The ADD failed: remove the rules installed.
     Abort,
 }
 
 /// The pod-side work that needs a thread inside the pod's namespace: the reply-steering
-/// iptables rules (a helper process, the slowest step of an ADD) and the pod sysctls. It
-/// starts as soon as the pod's namespace is open, runs beside the netlink work, and is waited
-/// for before ADD succeeds; dropped without [`PodHelper::finish`] (a failed ADD), it removes
-/// the rules it installed and is waited for too, so no helper outlives the plugin.
+/// nf_tables rules and the pod sysctls. It starts as soon as the pod's namespace is open, runs
+/// beside the netlink work, and is waited for before ADD succeeds; dropped without
+/// [`PodHelper::finish`] (a failed ADD), it removes the tables it wrote and is waited for too,
+/// so no thread outlives the plugin.
 struct PodHelper {
     families: Vec<Family>,
     tx: Option<std::sync::mpsc::Sender<HelperMsg>>,
@@ -305,9 +308,9 @@ impl PodHelper {
             .name("knit-coordinator-pod".into())
             .spawn(move || {
                 ns.run(move || -> Result<(), CniError> {
-                    // This thread is inside the pod: iptables-restore inherits the namespace.
-                    // The socket first: the caller waits for it, while nobody waits for the
-                    // rules until the end of the ADD.
+                    // This thread is inside the pod, so its sockets are too. The netlink
+                    // socket first: the caller waits for it, while nobody waits for the rules
+                    // until the end of the ADD.
                     if want_handle {
                         let h = Handle::new();
                         let failed = h.is_err();
@@ -317,29 +320,26 @@ impl PodHelper {
                         }
                     }
                     drop(htx);
-                    let text = plan::mangle_rules();
-                    let started: Vec<_> = fams.iter().map(|f| spawn_restore(*f, &text)).collect();
-                    let mut first_err = None;
-                    for c in started {
-                        if let Err(e) = wait_restore(c) {
-                            first_err.get_or_insert(e);
-                        }
-                    }
-                    if let Some(e) = first_err {
-                        return Err(e);
-                    }
-                    let remove = |families: &[Family]| -> Result<(), CniError> {
+                    let mut nft = Nft::new().map_err(herr("opening nf_tables in the pod netns"))?;
+                    let remove = |nft: &mut Nft, families: &[Family]| -> Result<(), CniError> {
                         for f in families {
-                            wait_restore(spawn_restore(*f, &plan::mangle_removal()))?;
+                            nft.delete_table((*f).into(), plan::STEERING_TABLE)
+                                .map_err(herr("removing the pod's reply-steering rules"))?;
                         }
                         Ok(())
                     };
+                    for (i, f) in fams.iter().enumerate() {
+                        if let Err(e) = nft.apply(&plan::steering_table(*f)) {
+                            let _ = remove(&mut nft, &fams[..i]);
+                            return Err(herr("writing the pod's reply-steering rules")(e));
+                        }
+                    }
                     match rx.recv() {
                         Ok(HelperMsg::Finish { sysctls, remove: extra }) => {
                             set_sysctls(&sysctls).map_err(herr("setting pod sysctls"))?;
-                            remove(&extra)
+                            remove(&mut nft, &extra)
                         }
-                        Ok(HelperMsg::Abort) | Err(_) => remove(&fams),
+                        Ok(HelperMsg::Abort) | Err(_) => remove(&mut nft, &fams),
                     }
                 })
                 .map_err(herr("entering the pod netns"))
@@ -364,7 +364,7 @@ impl PodHelper {
         Ok((helper, pod))
     }
 
-    /// Hands over the pod sysctls and the plan's mangle families; the helper applies the
+    /// Hands over the pod sysctls and the plan's reply-steering families; the helper applies the
     /// sysctls and drops rules of families the plan does not have.
     fn finish(&mut self, sysctls: Vec<(String, String)>, planned: &[Family]) {
         let remove = self.families.iter().copied().filter(|f| !planned.contains(f)).collect();
@@ -393,52 +393,6 @@ impl Drop for PodHelper {
     }
 }
 
-/// Starts `iptables-restore --noflush` (or `ip6tables-restore`) with `text` on stdin, in the
-/// calling thread's namespace, without waiting for it. The rules travel on stdin to a directly
-/// executed program, never through a shell.
-fn spawn_restore(family: Family, text: &str) -> (&'static str, std::io::Result<std::process::Child>) {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let prog = match family {
-        Family::V4 => "iptables-restore",
-        Family::V6 => "ip6tables-restore",
-    };
-    let child = Command::new(prog)
-        .args(["-w", "--noflush"])
-        .env("LC_ALL", "C")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            // A few hundred bytes: they fit the pipe, so this never waits for the child.
-            if let Some(mut stdin) = c.stdin.take() {
-                if let Err(e) = stdin.write_all(text.as_bytes()) {
-                    let _ = c.kill();
-                    let _ = c.wait();
-                    return Err(e);
-                }
-            }
-            Ok(c)
-        });
-    (prog, child)
-}
-
-/// Waits for a [`spawn_restore`] process; its stderr explains a failure.
-fn wait_restore((prog, child): (&'static str, std::io::Result<std::process::Child>)) -> Result<(), CniError> {
-    let out = child
-        .and_then(|c| c.wait_with_output())
-        .map_err(|e| CniError::generic(format!("running {prog} in the pod: {e}")))?;
-    if out.status.success() {
-        return Ok(());
-    }
-    Err(CniError::generic(format!(
-        "{prog} in the pod failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr).trim()
-    )))
-}
-
 /// Installs the plan. Returns after a full success, or rolls back what it did.
 fn install(
     plan: &Plan,
@@ -449,7 +403,7 @@ fn install(
     helper: Option<PodHelper>,
 ) -> Result<(), CniError> {
     let mut rb = Rollback { host, pod, steps: Vec::new(), armed: true };
-    let planned: Vec<Family> = plan.pod_mangle.iter().map(|(f, _)| *f).collect();
+    let planned: Vec<Family> = plan.pod_steering.clone();
     // The helper (started early when the plan was foreseeable) or one started now. Declared
     // after the rollback so that on failure it is dropped (and waited for) first.
     let mut helper = match helper {
@@ -560,7 +514,7 @@ fn install(
     if let Some(h) = helper.as_mut() {
         h.wait()?;
     }
-    mark!("install: pod mangle rules and sysctls (waited for)");
+    mark!("install: pod reply-steering rules and sysctls (waited for)");
     rb.armed = false;
     Ok(())
 }
@@ -608,9 +562,9 @@ impl Plugin for Coordinator {
         }
         mark!("add: config");
         let pod_ns = Self::open_pod_ns(args)?;
-        // An underlay first NIC gets reply-steering rules from an iptables-restore process:
-        // start it now, beside everything else (install reconciles it with the plan).
-        let fams = if plan::underlay_first(&conf, &args.ifname) { plan::mangle_families(&prev, &args.ifname) } else { Vec::new() };
+        // An underlay first NIC gets reply-steering rules: start the pod thread that writes
+        // them now, beside everything else (install reconciles them with the plan).
+        let fams = if plan::underlay_first(&conf, &args.ifname) { plan::steering_families(&prev, &args.ifname) } else { Vec::new() };
         let (helper, pod) = if fams.is_empty() {
             (None, None)
         } else {
@@ -723,7 +677,7 @@ impl Plugin for Coordinator {
             return Ok(());
         }
         let prev = Self::prev(args)?;
-        let (_pod_ns, pod) = Self::open_pod(args)?;
+        let (pod_ns, pod) = Self::open_pod(args)?;
         let host = Handle::new().map_err(herr("opening netlink"))?;
         let mut facts = read_facts(&conf, &args.ifname, &prev, &host, &pod)?;
         // veth0 exists after ADD; resolve the mode as ADD saw it.
@@ -731,7 +685,18 @@ impl Plugin for Coordinator {
             facts.pod_links.retain(|l| l != POD_VETH);
         }
         let plan = plan::plan(&conf, &args.ifname, &args.container_id, &prev, &facts)?;
-        verify(&plan, &host, &pod)
+        verify(&plan, &host, &pod)?;
+        if !plan.pod_steering.is_empty() {
+            let mut nft = Nft::in_netns(&pod_ns).map_err(herr("opening nf_tables in the pod netns"))?;
+            for f in &plan.pod_steering {
+                let want = plan::steering_table(*f);
+                let have = nft.read_table(want.family, &want.name).map_err(herr("reading the pod's reply-steering rules"))?;
+                if have.as_ref() != Some(&want) {
+                    return Err(missing(format!("the pod's reply-steering table {} {} is missing or changed", want.family.name(), want.name)));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -768,9 +733,17 @@ fn del_underlay_first(args: &CmdArgs, conf: &Conf, prev: &CniResult, host: &Hand
     let pod_work = |netns: String, plan: Option<Plan>, prev: CniResult| {
         move || -> Option<Handle> {
             let ns = Netns::open(&netns).ok()?;
-            let h = Handle::in_netns(&ns).ok()?;
+            // One thread inside the pod opens both sockets there.
+            let (h, nft) = ns.try_run(|| Ok((Handle::new()?, Nft::new().ok()))).ok()?;
             if let Some(p) = &plan {
                 remove_pod_side(p, &h, &prev);
+                if let Some(mut nft) = nft {
+                    for f in &p.pod_steering {
+                        if let Err(e) = nft.delete_table((*f).into(), plan::STEERING_TABLE) {
+                            tracing::warn!("DEL: {e}");
+                        }
+                    }
+                }
             }
             Some(h)
         }

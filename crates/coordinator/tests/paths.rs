@@ -194,6 +194,7 @@ impl<'a> Cluster<'a> {
                 &["ip", "rule"],
                 &["ip", "route", "show", "table", "all"],
                 &["iptables-save"],
+                &["nft", "list", "ruleset"],
                 &["conntrack", "-L"],
             ] {
                 if let Ok(o) = self.tn.exec(ns, argv) {
@@ -546,12 +547,10 @@ fn nodeport_to_the_multi_nic_pods_eth0_replies_through_eth0() {
     );
 }
 
-/// Packets counted by the pod's `-i veth0 … -j MARK` rule.
+/// Connections the pod's reply-steering rules marked (conntrack entries with mark 0x1).
 fn mark_packets(tn: &TestNet, pod: &Netns) -> u64 {
-    let out = tn.exec_ok(pod, &["iptables", "-t", "mangle", "-L", "KNIT-COORD-PRE", "-v", "-n", "-x"]).expect("pod mangle rules");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().find(|l| l.contains("MARK") && l.contains("veth0") && !l.contains("CONNMARK")).unwrap_or_else(|| panic!("no MARK rule: {text}"));
-    line.split_whitespace().next().unwrap().parse().unwrap()
+    let out = tn.exec(pod, &["conntrack", "-L", "--mark", "1"]).expect("conntrack -L");
+    String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains("mark=1")).count() as u64
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -566,6 +565,12 @@ fn check_then_del_cleans_everything() {
     let u1 = &c.u1.atts[0];
     let chk = c.cni(0, &u1.conflist).check(&c.u1.ns, "eth0", &u1.cid, &u1.args);
     assert!(chk.ok, "CHECK on a healthy pod: {} {}", chk.json, chk.stderr);
+    let listed = String::from_utf8_lossy(&tn.exec_ok(&c.u1.ns, &["nft", "list", "table", "ip", "knit-coordinator"]).unwrap().stdout).into_owned();
+    assert!(listed.contains("iifname \"veth0\" ct state new meta mark set 0x00000001"), "{listed}");
+    tn.exec_ok(&c.u1.ns, &["nft", "delete", "table", "ip", "knit-coordinator"]).unwrap();
+    let chk = c.cni(0, &u1.conflist).check(&c.u1.ns, "eth0", &u1.cid, &u1.args);
+    assert!(!chk.ok, "CHECK should notice the missing reply-steering table");
+    assert!(chk.json["msg"].as_str().unwrap_or("").contains("reply-steering"), "{}", chk.json);
     ip(&tn, &c.u1.ns, &["route", "del", "10.233.64.0/18"]);
     let chk = c.cni(0, &u1.conflist).check(&c.u1.ns, "eth0", &u1.cid, &u1.args);
     assert!(!chk.ok, "CHECK should notice the missing 10.233.64.0/18 route");
@@ -586,6 +591,8 @@ fn check_then_del_cleans_everything() {
         let rules = ip(&tn, &pod.ns, &["rule"]);
         let ours: Vec<&str> = rules.lines().filter(|l| l.contains("lookup 10")).collect();
         assert!(ours.is_empty(), "{}: {rules}", pod.name);
+        let tables = String::from_utf8_lossy(&tn.exec_ok(&pod.ns, &["nft", "list", "tables"]).unwrap().stdout).into_owned();
+        assert!(!tables.contains("knit-coordinator"), "{}: {tables}", pod.name);
     }
     // The /32 routes of the fix belong to the agent (here, the test): remove them.
     let fix_routes = c.fix_routes.borrow().clone();

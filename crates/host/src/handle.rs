@@ -232,7 +232,7 @@ fn parse_datagram(buf: &[u8], op: &dyn Fn() -> String) -> Result<Vec<NetlinkMess
 
 /// Extracts the extended-ack text from an error reply's payload (original
 /// header, possibly capped, followed by TLVs when `NLM_F_ACK_TLVS` is set).
-fn ext_ack_message(outer_flags: u16, payload: &[u8]) -> Option<String> {
+pub(crate) fn ext_ack_message(outer_flags: u16, payload: &[u8]) -> Option<String> {
     if outer_flags & NLM_F_ACK_TLVS == 0 || payload.len() < 16 {
         return None;
     }

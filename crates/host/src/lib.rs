@@ -5,6 +5,7 @@
 //! - [`Handle`]: a NETLINK_ROUTE socket bound to one namespace;
 //! - [`link`], [`addr`], [`route`], [`rule`], [`neigh`]: kernel objects as plain data;
 //! - [`sysctl`], [`firewall`]: per-namespace knobs and iptables/nftables writers;
+//! - [`nft`]: nf_tables tables, chains and rules over netlink, written in one transaction;
 //! - [`guard`], [`testing`]: keep tests out of the root namespace.
 
 #![warn(missing_docs)]
@@ -19,6 +20,7 @@ pub mod inspect;
 pub mod link;
 pub mod neigh;
 pub mod netns;
+pub mod nft;
 pub mod route;
 pub mod rule;
 pub mod sysctl;

@@ -4,6 +4,7 @@
 //!   of a set of namespaces (a lab, or a real node) into plain data;
 //! - [`fib`]: the kernel's route lookup on that data (checked against `RTM_GETROUTE`);
 //! - [`netfilter`]: iptables-save text and an evaluator for kube-proxy's and the coordinator's rules;
+//! - [`nftables`]: native nf_tables tables (the coordinator's) shown to the evaluator as iptables rules;
 //! - [`path`]: a packet's forward and reply path hop by hop, with NAT, conntrack and a verdict;
 //! - [`doctor`]: problems a node has, without a packet in mind;
 //! - [`render`]: the seeds' style of text.
@@ -11,6 +12,7 @@
 pub mod doctor;
 pub mod fib;
 pub mod netfilter;
+pub mod nftables;
 pub mod path;
 pub mod render;
 pub mod snapshot;

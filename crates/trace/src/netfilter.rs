@@ -262,8 +262,10 @@ fn parse_rule(text: &str) -> Option<(String, IptRule)> {
             }
             "CONNMARK" if has("--save-mark") => T::ConnmarkSave,
             "CONNMARK" if has("--restore-mark") => T::ConnmarkRestore,
-            name if name.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '-' || c == '_') && !name.is_empty() => T::Jump(name.to_string()),
-            other => T::Other(other.to_string()),
+            // Any other name may be a chain (Calico's are lower-case: cali-FORWARD); the
+            // table's parse turns names that are not chains back into opaque targets.
+            "" => T::Other(String::new()),
+            name => T::Jump(name.to_string()),
         };
     }
     Some((chain, IptRule { text: text.to_string(), matches, target }))

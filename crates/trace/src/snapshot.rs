@@ -12,7 +12,7 @@ use knit_host::link::LinkInfo;
 use knit_host::neigh::Neighbour;
 use knit_host::route::Route;
 use knit_host::rule::Rule;
-use knit_host::{addr, firewall, link, neigh, route, rule, sysctl, Family, Handle, Netns};
+use knit_host::{addr, firewall, link, neigh, nft, route, rule, sysctl, Family, Handle, Netns};
 use serde::{Deserialize, Serialize};
 
 use crate::netfilter::Tables;
@@ -314,7 +314,8 @@ pub fn split_tables(text: &str) -> BTreeMap<String, String> {
 /// Reads one namespace: everything but the per-interface sysctls ([`read_conf`]).
 pub fn read_ns(src: &Source) -> Result<NsSnap> {
     let what = |w: &str| format!("{}: {w}", src.name);
-    let h = Handle::in_netns(&src.ns).map_err(host_err(what("netlink")))?;
+    // Both sockets from one thread inside the namespace.
+    let (h, mut nft) = src.ns.try_run(|| Ok((Handle::new()?, nft::Nft::new()?))).map_err(host_err(what("netlink")))?;
     let mut s = NsSnap::new(&src.name, src.role.clone());
     s.netns = src.netns_name.clone();
     s.links = link::list(&h).map_err(host_err(what("links")))?;
@@ -325,6 +326,8 @@ pub fn read_ns(src: &Source) -> Result<NsSnap> {
     s.neigh = neigh::list(&h, Some(Family::V4), None).map_err(host_err(what("neighbours")))?;
     let text = firewall::iptables_save(Some(&src.ns), Family::V4, None).unwrap_or_default();
     s.iptables = split_tables(&text);
+    let native = crate::nftables::read(&mut nft).map_err(host_err(what("nftables")))?;
+    crate::nftables::merge_into(&mut s.iptables, &native);
     Ok(s)
 }
 
