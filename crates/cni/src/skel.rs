@@ -290,35 +290,8 @@ pub fn version_info(supported: &[&str]) -> Value {
     serde_json::json!({ "cniVersion": version::CURRENT_VERSION, "supportedVersions": supported })
 }
 
-/// Sets up `tracing` once: to the file named by `KNIT_LOG_FILE` (appending) or to stderr,
-/// never stdout. The filter comes from `KNIT_LOG` (default `info` for a file, `warn` for stderr).
+/// Sets up `tracing` once (see [`crate::log`]): to the file named by `KNIT_LOG_FILE` or to
+/// stderr, never stdout.
 pub fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let file = std::env::var_os("KNIT_LOG_FILE").and_then(|p| {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(p)
-            .ok()
-    });
-    // Plugins start for every pod: without KNIT_LOG a plain level filter is set up, which is
-    // cheaper than parsing an EnvFilter.
-    if std::env::var_os("KNIT_LOG").is_none() {
-        let level = if file.is_some() { tracing_subscriber::filter::LevelFilter::INFO } else { tracing_subscriber::filter::LevelFilter::WARN };
-        let builder = tracing_subscriber::fmt().with_max_level(level).with_ansi(false);
-        let _ = match file {
-            Some(f) => builder.with_writer(std::sync::Mutex::new(f)).try_init(),
-            None => builder.with_writer(std::io::stderr).try_init(),
-        };
-        return;
-    }
-    let default = if file.is_some() { "info" } else { "warn" };
-    let filter = EnvFilter::try_from_env("KNIT_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(false);
-    let _ = match file {
-        Some(f) => builder.with_writer(std::sync::Mutex::new(f)).try_init(),
-        None => builder.with_writer(std::io::stderr).try_init(),
-    };
+    crate::log::init();
 }

@@ -264,7 +264,6 @@ fn parse_rule(text: &str) -> Option<(String, IptRule)> {
             "CONNMARK" if has("--restore-mark") => T::ConnmarkRestore,
             // Any other name may be a chain (Calico's are lower-case: cali-FORWARD); the
             // table's parse turns names that are not chains back into opaque targets.
-            "" => T::Other(String::new()),
             name => T::Jump(name.to_string()),
         };
     }
