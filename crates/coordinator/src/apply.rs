@@ -7,10 +7,10 @@
 //!
 //! Speed (DESIGN.md section 8, `knit bench cni-add-del`): an underlay ADD starts its pod
 //! thread (reply-steering rules in one nf_tables batch, no helper process) first and does the
-//! netlink work beside it; the node's IPs come
-//! from the address list, not a dump of every link; host routes are replaced and deleted by
-//! key, never by listing table 500; an underlay DEL deletes the veth pair from the host side
-//! while a pod thread removes the pod's rules. Debug-level spans (`KNIT_LOG=knit_coordinator=debug`)
+//! netlink work beside it; the node's IPs come from the address list, not a dump of every
+//! link; host routes are replaced and deleted by key, never by listing table 500; an underlay
+//! DEL deletes veth0 and the macvlan/ipvlan NIC in one kernel batch (one ~20 ms wait for the
+//! kernel instead of two: see [`delete_with_nic`]). Debug-level spans (`KNIT_LOG=knit_coordinator=debug`)
 //! show where an ADD or DEL spends its time.
 
 use std::net::IpAddr;
@@ -702,12 +702,11 @@ impl Plugin for Coordinator {
 
 /// DEL of an underlay first NIC (the pod's `eth0` from macvlan, plus our veth pair).
 ///
-/// The pod side (rules; routes via veth0 go with the veth) is removed on a thread inside the
-/// pod while this thread deletes the veth pair from the host side: entering a namespace right
-/// after the kernel deleted a device anywhere (the previous plugin's DEL, often) waits for
-/// the kernel for a few milliseconds, and the veth deletion itself waits for the kernel far
-/// longer, so the two waits overlap instead of adding up. The plan is the one ADD computed
-/// (an underlay first NIC's plan depends only on the config, prevResult and the node's IPs).
+/// A thread inside the pod removes the pod's rules and routes and the reply-steering table,
+/// then deletes veth0 (its host end goes with it) together with the macvlan/ipvlan NIC in one
+/// kernel batch; the host end is deleted from here only when the pod's netns is gone. The plan
+/// is the one ADD computed (an underlay first NIC's plan depends only on the config,
+/// prevResult and the node's IPs).
 fn del_underlay_first(args: &CmdArgs, conf: &Conf, prev: &CniResult, host: &Handle) -> Result<(), CniError> {
     let veth_name = plan::host_veth_name(&args.container_id);
     mark!("del: config, netlink socket");
@@ -729,14 +728,23 @@ fn del_underlay_first(args: &CmdArgs, conf: &Conf, prev: &CniResult, host: &Hand
         }
     };
     mark!("del: plan");
-    // The pod side, with its own handle (None when the netns is gone).
+    // The pod side, with its own handle (None when the netns is gone): rules, routes and the
+    // reply-steering table, then veth0 together with the underlay NIC.
+    let nic = args.ifname.clone();
     let pod_work = |netns: String, plan: Option<Plan>, prev: CniResult| {
+        let nic = nic.clone();
         move || -> Option<Handle> {
+            spans::start();
             let ns = Netns::open(&netns).ok()?;
             // One thread inside the pod opens both sockets there.
             let (h, nft) = ns.try_run(|| Ok((Handle::new()?, Nft::new().ok()))).ok()?;
+            mark!("del pod: sockets");
             if let Some(p) = &plan {
                 remove_pod_side(p, &h, &prev);
+                mark!("del pod: rules, routes");
+                // Deleting a table with base chains waits for the kernel to drain their hooks
+                // (about 15 ms here; running it beside the device deletion below saved nothing
+                // measurable: the two waits do not overlap).
                 if let Some(mut nft) = nft {
                     for f in &p.pod_steering {
                         if let Err(e) = nft.delete_table((*f).into(), plan::STEERING_TABLE) {
@@ -744,22 +752,17 @@ fn del_underlay_first(args: &CmdArgs, conf: &Conf, prev: &CniResult, host: &Hand
                         }
                     }
                 }
+                mark!("del pod: reply-steering table");
             }
+            delete_with_nic(&h, &nic);
+            mark!("del pod: veth0 and the NIC");
             Some(h)
         }
     };
-    let worker = std::thread::Builder::new()
+    let pod = match std::thread::Builder::new()
         .name("knit-coordinator-pod".into())
-        .spawn(pod_work(args.netns.clone(), pod_side.clone(), prev.clone()));
-    // Host side: the table-500 routes go with the host veth; deleting the host end deletes
-    // veth0 in the pod too.
-    let deleted = match link::delete_by_name(host, &veth_name) {
-        Ok(_) => Ok(()),
-        Err(e) if e.is_not_found() => Ok(()),
-        Err(e) => Err(herr("deleting the host veth")(e)),
-    };
-    mark!("del: veth pair");
-    let pod = match worker {
+        .spawn(pod_work(args.netns.clone(), pod_side.clone(), prev.clone()))
+    {
         Ok(h) => h.join().unwrap_or_else(|_| {
             tracing::warn!("DEL: the pod-side thread panicked");
             None
@@ -769,12 +772,49 @@ fn del_underlay_first(args: &CmdArgs, conf: &Conf, prev: &CniResult, host: &Hand
             pod_work(args.netns.clone(), pod_side, prev.clone())()
         }
     };
-    mark!("del: pod side (waited for)");
+    mark!("del: pod side, veth0 and the NIC");
+    // The host end (normally gone with veth0 by now; not when the pod's netns is gone): the
+    // table-500 routes go with it.
+    let deleted = match link::delete_by_name(host, &veth_name) {
+        Ok(_) => Ok(()),
+        Err(e) if e.is_not_found() => Ok(()),
+        Err(e) => Err(herr("deleting the host veth")(e)),
+    };
+    mark!("del: host veth");
     // A veth0 that did not belong to our host veth (a stale one) goes too.
     if let Some(pod) = &pod {
         let _ = link::delete_by_name(pod, POD_VETH);
     }
     deleted
+}
+
+/// The device group [`delete_with_nic`] puts veth0 and the NIC in ("knit").
+const DEL_GROUP: u32 = 0x6b6e_6974;
+
+/// Deletes veth0 (its host end goes with it) and, when it is a macvlan or ipvlan link, the
+/// underlay NIC `nic`, in one kernel batch ([`link::delete_group`]): each deletion on its own
+/// waits about 20 ms for the kernel, so deleting the NIC here makes the underlay plugin's DEL,
+/// which runs next and finds its link gone (the reference plugins treat that as done), cost no
+/// second wait. Any other NIC kind (a physical VF a plugin must move back) is left to its
+/// plugin. Best effort: on failure veth0 alone is deleted.
+fn delete_with_nic(pod: &Handle, nic: &str) {
+    let Ok(Some(veth0)) = link::get_by_name(pod, POD_VETH) else { return };
+    let nic_link = link::get_by_name(pod, nic).ok().flatten().filter(|l| matches!(l.kind.as_deref(), Some("macvlan" | "ipvlan")));
+    if let Some(n) = nic_link {
+        let grouped = link::set_group(pod, veth0.index, DEL_GROUP).and_then(|_| link::set_group(pod, n.index, DEL_GROUP));
+        match grouped.and_then(|_| link::delete_group(pod, DEL_GROUP)) {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!("DEL: deleting {POD_VETH} and {nic} together: {e}; deleting {POD_VETH} alone");
+                let _ = link::set_group(pod, n.index, 0);
+            }
+        }
+    }
+    if let Err(e) = link::delete(pod, veth0.index) {
+        if !e.is_not_found() {
+            tracing::warn!("DEL: deleting {POD_VETH}: {e}");
+        }
+    }
 }
 
 /// Removes the plan's pod rules and routes. What belongs to this NIC (its table, its source

@@ -159,3 +159,29 @@ fn move_to_other_namespace() {
     assert!(link::get_by_name(&hp, "eth1").unwrap().is_some());
     assert!(link::get_by_name(&h, "mv-b").unwrap().is_none());
 }
+
+#[test]
+fn delete_group_takes_only_its_members_at_once() {
+    let tn = TestNet::new("kh").unwrap();
+    let pod = tn.pod("pod").unwrap();
+    let h = tn.handle().unwrap();
+    let hp = tn.handle_in(&pod).unwrap();
+    let uplink = link::create_veth(&h, "uplink0", "uplink0p", None, &VethOptions { up: true, ..Default::default() }).unwrap();
+    link::create_macvlan_with(&h, "eth0", uplink, MacvlanMode::Bridge, Some(&pod), None, None).unwrap();
+    let host_end = link::create_veth(&h, "vethh", "veth0", Some(&pod), &VethOptions { up: true, ..Default::default() }).unwrap();
+    link::create_veth(&hp, "keep0", "keep1", None, &VethOptions::default()).unwrap();
+
+    for name in ["eth0", "veth0"] {
+        link::set_group(&hp, link::index_of(&hp, name).unwrap(), 0x6b6e6974).unwrap();
+    }
+    link::delete_group(&hp, 0x6b6e6974).unwrap();
+    let left: Vec<String> = link::list(&hp).unwrap().into_iter().map(|l| l.name).collect();
+    assert!(left.contains(&"keep0".to_string()) && left.contains(&"keep1".to_string()), "{left:?}");
+    assert!(!left.contains(&"eth0".to_string()) && !left.contains(&"veth0".to_string()), "{left:?}");
+    // The veth's host end went with its peer; the macvlan's parent stays.
+    assert!(link::get_by_index(&h, host_end).unwrap().is_none());
+    assert!(link::get_by_index(&h, uplink).unwrap().is_some());
+    // Group 0 (every link's default) is refused before anything is sent.
+    assert!(link::delete_group(&hp, 0).is_err());
+    assert_eq!(link::list(&hp).unwrap().len(), left.len());
+}
