@@ -226,7 +226,11 @@ impl<S: Store> Ipam<S> {
             Scope::Config => {
                 for cfg in &self.cfg.pools {
                     let p = st.add_pool(cfg.clone());
-                    for b in self.store.list_blocks(&cfg.name)? {
+                    let blocks = self.store.list_blocks(&cfg.name)?;
+                    // One reservation for all: growing the attachment map block by block
+                    // rehashed it about once per block.
+                    st.reserve(blocks.iter().map(|b| b.value.allocs.len()).sum());
+                    for b in blocks {
                         st.add_block(p, b.value, Some(b.version))?;
                     }
                     // The stored pool record follows the config once its blocks fit it.

@@ -431,6 +431,11 @@ impl State {
         st
     }
 
+    /// Makes room for `allocs` more attachments (before adding blocks that hold them).
+    pub fn reserve(&mut self, allocs: usize) {
+        self.handles.reserve(allocs);
+    }
+
     /// Add a pool; returns its index.
     pub fn add_pool(&mut self, cfg: PoolConfig) -> usize {
         let hb = u32::from(cfg.family.bits() - cfg.block_size);
@@ -482,7 +487,6 @@ impl State {
             ));
         }
         let mut block = Block::new(rec.cidr, rec.owner, version);
-        self.handles.reserve(rec.allocs.len());
         for a in rec.allocs {
             if !rec.cidr.contains(&a.ip) {
                 return Err(corrupt(
