@@ -69,6 +69,14 @@ pub struct LocalStore {
     cache: Mutex<HashMap<(String, IpNet), Cached>>,
 }
 
+/// Reads a whole file into `buf` (cleared first), reusing its capacity: every call reads every
+/// block's files, and `fs::read` would allocate a buffer and `statx` each file to size it.
+fn read_into(path: &Path, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    use std::io::Read;
+    buf.clear();
+    File::open(path)?.read_to_end(buf).map(|_| ())
+}
+
 fn block_base_name(cidr: &IpNet) -> String {
     format!("{}_{}", cidr.network(), cidr.prefix_len())
 }
@@ -248,6 +256,7 @@ impl LocalStore {
         base: &str,
         has_snap: bool,
         has_log: bool,
+        buf: &mut Vec<u8>,
     ) -> Result<Option<(Version, BlockRecord, usize)>> {
         let snap_path = dir.join(format!("{base}.blk"));
         let log_path = dir.join(format!("{base}.log"));
@@ -267,9 +276,9 @@ impl LocalStore {
         );
         let mut exists = false;
         if has_snap {
-            match fs::read(&snap_path) {
-                Ok(data) => {
-                    let (v, rec) = lines::decode_snapshot(&data).map_err(|msg| Error::Corrupt {
+            match read_into(&snap_path, buf) {
+                Ok(()) => {
+                    let (v, rec) = lines::decode_snapshot(buf).map_err(|msg| Error::Corrupt {
                         path: snap_path.clone(),
                         msg,
                     })?;
@@ -290,12 +299,13 @@ impl LocalStore {
         let mut entries = 0usize;
         let mut gone = false;
         if has_log {
-            let data = match fs::read(&log_path) {
-                Ok(d) => d,
-                Err(e) if e.kind() == ErrorKind::NotFound => Vec::new(),
+            match read_into(&log_path, buf) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => buf.clear(),
                 Err(e) => return Err(Error::io(&log_path, e)),
-            };
-            let r = lines::replay(&data, &mut version, &mut record);
+            }
+            let data = &buf[..];
+            let r = lines::replay(data, &mut version, &mut record);
             entries = r.entries;
             if r.applied {
                 gone = r.gone;
@@ -412,8 +422,9 @@ impl Store for LocalStore {
         }
         let mut out = Vec::with_capacity(names.len());
         let mut cache = self.cache();
+        let mut buf = Vec::with_capacity(16 * 1024);
         for (base, (has_snap, has_log)) in names {
-            let Some((version, record, lines)) = self.read_block(&dir, &base, has_snap, has_log)?
+            let Some((version, record, lines)) = self.read_block(&dir, &base, has_snap, has_log, &mut buf)?
             else {
                 continue;
             };
