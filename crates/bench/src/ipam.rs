@@ -10,6 +10,10 @@
 //! - core: `knit_ipam::State` in memory with 1000 allocations in use, then allocate/release
 //!   churn; only the allocations are timed.
 //!
+//! - etcd store: the sequential and concurrent runs again with knit-ipam on `store: "etcd"` (a
+//!   throwaway etcd in the bench namespace, [`crate::etcd`]) against host-local in the same
+//!   rotation; skipped with a note when etcd-server is not installed.
+//!
 //! The plugins run inside a throwaway namespace (they do not touch the network, but nothing of
 //! a bench runs in the root namespace).
 
@@ -53,6 +57,25 @@ pub mod rows {
     pub const HL_DEL_C: &str = "host-local DEL, 8 concurrent";
     pub const KI_DEL_C: &str = "knit-ipam DEL, 8 concurrent";
     pub const CORE: &str = "knit-ipam core allocate, 1000 in use (in-process)";
+    pub const HL_ADD_E: &str = "host-local ADD (etcd round)";
+    pub const KE_ADD: &str = "knit-ipam ADD, etcd store";
+    pub const HL_DEL_E: &str = "host-local DEL (etcd round)";
+    pub const KE_DEL: &str = "knit-ipam DEL, etcd store";
+    pub const HL_ADD_CE: &str = "host-local ADD, 8 concurrent (etcd round)";
+    pub const KE_ADD_C: &str = "knit-ipam ADD, 8 concurrent, etcd store";
+    pub const HL_DEL_CE: &str = "host-local DEL, 8 concurrent (etcd round)";
+    pub const KE_DEL_C: &str = "knit-ipam DEL, 8 concurrent, etcd store";
+}
+
+fn knit_etcd_conflist(ws: &Workspace, tag: &str) -> String {
+    format!(
+        r#"{{"cniVersion":"1.0.0","name":"bench-ipam","plugins":[{{"type":"knit-ipam",
+            "ipam":{{"type":"knit-ipam","node":"bench","dataDir":"{}","store":"etcd",
+                     "etcdEndpoints":["{}"],"etcdTimeoutMs":10000,
+                     "pools":[{{"name":"bench","cidr":"10.243.0.0/16","blockSize":26}}]}}}}]}}"#,
+        ws.path(&format!("knit-ipam-{tag}")).display(),
+        crate::etcd::ENDPOINT
+    )
 }
 
 fn knit_conflist(ws: &Workspace, tag: &str) -> String {
@@ -125,9 +148,28 @@ pub fn run(n: usize, dirs: &PluginDirs, opts: &Options) -> Result<Report> {
         concurrent(n, &conc, &mut s, opts)?;
         Ok(s)
     })??;
+    let etcd = match crate::etcd::EtcdServer::start(ws.tn.host(), "ipam")? {
+        None => None,
+        Some(server) => {
+            opts.progress("etcd store");
+            let eseq = [Chain::new(&knit_etcd_conflist(&ws, "eseq"), dirs)?, Chain::new(&host_local_conflist(&ws, "eseq"), dirs)?];
+            let econc = [Chain::new(&knit_etcd_conflist(&ws, "econc"), dirs)?, Chain::new(&host_local_conflist(&ws, "econc"), dirs)?];
+            // Fresh stores: a new etcd and new host-local directories; the pool is 10.243/16.
+            let s = ws.tn.run(|| -> Result<Series> {
+                let mut s = Series::default();
+                sequential(n, &eseq, &mut s, opts)?;
+                concurrent(n, &econc, &mut s, opts)?;
+                Ok(s)
+            })??;
+            drop(server);
+            Some(s)
+        }
+    };
     opts.progress("in-process core");
     let core = core(n)?;
-    Ok(report(n, &series, &core))
+    let mut r = report(n, &series, &core);
+    report_etcd(&mut r, n, etcd.as_ref());
+    Ok(r)
 }
 
 fn sequential(n: usize, chains: &[Chain; 2], s: &mut Series, opts: &Options) -> Result<()> {
@@ -365,4 +407,31 @@ fn report(n: usize, s: &Series, core: &Samples) -> Report {
     ));
     r.notes.push("knit-ipam uses its local store (files under one flock, fsync off, its default); host-local its disk store".into());
     r
+}
+
+fn report_etcd(r: &mut Report, n: usize, s: Option<&Series>) {
+    use rows::*;
+    let Some(s) = s else {
+        r.notes.push(format!("etcd store rows skipped: {} is not installed (apt-get install etcd-server)", crate::etcd::ETCD));
+        return;
+    };
+    let per_s = |count: usize, wall: Duration| if wall.is_zero() { 0.0 } else { count as f64 / wall.as_secs_f64() };
+    r.results.push(Row::plain(HL_ADD_E, &s.add[1]));
+    r.results.push(Row::versus(KE_ADD, &s.add[0], HL_ADD_E, s.add[1].median(), None));
+    r.results.push(Row::plain(HL_DEL_E, &s.del[1]));
+    r.results.push(Row::versus(KE_DEL, &s.del[0], HL_DEL_E, s.del[1].median(), None));
+    r.results.push(Row::plain(HL_ADD_CE, &s.add_c[1]).ops_per_s(per_s(n, s.add_c_wall[1])));
+    r.results.push(
+        Row::versus(KE_ADD_C, &s.add_c[0], HL_ADD_CE, s.add_c[1].median(), None)
+            .ops_per_s(per_s(n, s.add_c_wall[0]))
+            .target("0 duplicates", s.dups[0] == 0)
+            .note(format!("{} duplicate addresses", s.dups[0])),
+    );
+    r.results.push(Row::plain(HL_DEL_CE, &s.del_c[1]).ops_per_s(per_s(n, s.del_c_wall[1])));
+    r.results.push(Row::versus(KE_DEL_C, &s.del_c[0], HL_DEL_CE, s.del_c[1].median(), None).ops_per_s(per_s(n, s.del_c_wall[0])));
+    r.notes.push(
+        "etcd store: one etcd (Debian etcd-server) in the bench namespace, data on /dev/shm; each knit-ipam process \
+         connects over gRPC and commits with compare-and-swap transactions; host-local runs beside it in the same rotation"
+            .into(),
+    );
 }

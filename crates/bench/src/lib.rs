@@ -21,6 +21,7 @@
 
 pub mod cni;
 mod chain;
+mod etcd;
 pub mod ipam;
 pub mod lab;
 mod report;

@@ -104,7 +104,13 @@ fn ipam_json_shape() {
     let conc = v["results"].as_array().unwrap().iter().find(|r| r["name"] == ipam::rows::KI_ADD_C).unwrap();
     assert_eq!(conc["met"], true, "8 concurrent knit-ipam processes gave duplicate addresses: {conc}");
     assert!(conc["ops_per_s"].as_f64().is_some_and(|x| x > 0.0));
+    // The etcd store rounds (etcd-server is one of the packages the tests need).
+    let etcd = v["results"].as_array().unwrap().iter().find(|r| r["name"] == ipam::rows::KE_ADD_C).unwrap_or_else(|| panic!("no etcd rows in {names:?}"));
+    assert_eq!(etcd["met"], true, "8 concurrent knit-ipam processes on etcd gave duplicate addresses: {etcd}");
+    assert!(names.iter().any(|n| n == ipam::rows::KE_ADD), "{names:?}");
     assert_no_namespaces_left(pid);
+    let leftovers: Vec<_> = std::fs::read_dir("/dev/shm").map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with(&format!("knit-bench-etcd-{pid}-"))).collect()).unwrap_or_default();
+    assert!(leftovers.is_empty(), "etcd data left behind: {leftovers:?}");
 }
 
 #[test]
