@@ -111,7 +111,9 @@ fn underlay_ips(table: u32) -> Result<(), String> {
 fn blackholes(config: &std::path::Path, node: Option<String>) -> Result<(), String> {
     let cfg = crate::ipam_cmd::load_config(config)?;
     let node = node.unwrap_or_else(|| cfg.node.clone());
-    let blocks = knit_ipam::blocks_of(&cfg.data_dir, &node).map_err(|e| e.msg())?;
+    // The store the config names (local files or etcd), opened for reading only.
+    let ipam = knit_ipam::Ipam::open_for_inspection(cfg).map_err(|e| e.msg())?;
+    let blocks = ipam.blocks_of(&node).map_err(|e| e.msg())?;
     let h = Handle::new().map_err(|e| e.to_string())?;
     for b in &blocks {
         let r = knit_host::route::Route::blackhole(*b);
