@@ -372,7 +372,7 @@ fn matrix_run(build: &BuildArgs, json: bool, name: Option<String>) -> Result<boo
     let tick = |c: &Cell| {
         let d = done.fetch_add(1, Ordering::Relaxed) + 1;
         let f = failed.fetch_add(usize::from(!c.ok), Ordering::Relaxed) + usize::from(!c.ok);
-        if tty && (d % 8 == 0 || d == total) {
+        if tty && (d.is_multiple_of(8) || d == total) {
             eprint!("\r\x1b[2Kknit lab matrix: probing {d}/{total} cells, {f} failed, {:.1}s", t0.elapsed().as_secs_f64());
             let _ = std::io::stderr().flush();
         }

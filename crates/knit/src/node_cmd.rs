@@ -34,7 +34,7 @@ enum NodeSub {
     /// The long-running node agent (cluster mode): registers the node in etcd under a lease,
     /// keeps BIRD's peers in step with the other nodes, publishes this node's blocks and
     /// underlay pod IPs, writes the coordinator's CIDR file. Stops cleanly on SIGTERM/SIGINT.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
 }
 
 #[derive(Args)]
@@ -90,7 +90,7 @@ pub fn run(c: NodeCmd) -> ExitCode {
     let res = match c.cmd {
         NodeSub::UnderlayIps { table } => underlay_ips(table),
         NodeSub::Blackholes { ipam_config, node } => blackholes(&ipam_config, node),
-        NodeSub::Run(a) => run_agent(a),
+        NodeSub::Run(a) => run_agent(*a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

@@ -129,7 +129,7 @@ fn rule_matches(r: &Rule, iif: &str, oif: Option<&str>, src: Option<IpAddr>, dst
 }
 
 /// Longest-prefix match in one table: the first route (lowest metric) of the longest prefix.
-pub fn table_lookup<'a>(ns: &'a NsSnap, table: u32, dst: IpAddr) -> Option<&'a Route> {
+pub fn table_lookup(ns: &NsSnap, table: u32, dst: IpAddr) -> Option<&Route> {
     let mut best: Option<&Route> = None;
     for r in ns.routes.iter().filter(|r| r.table == table && r.dst.contains(&dst)) {
         best = match best {

@@ -191,23 +191,22 @@ pub fn trace(snap: &Snapshot, req: &Request) -> Trace {
     let (mut rep, reply_end) = walk(snap, req, dst_ns, rpkt, Dir::Reply, &mut cts, &mut Vec::new(), &mut None);
     if rep.drop.is_none() {
         match reply_end {
-            Some(ns) if ns == req.src_ns => {
-                if rep.delivered_from.map(|x| x.0) != Some(req.dst) {
-                    let n = rep.hops.len();
-                    rep.drop = Some(Drop {
-                        path: "reply".into(),
-                        hop: n,
-                        ns: snap.namespaces[ns].name.clone(),
-                        reason: format!(
-                            "the reply comes from {}, not {}: it bypassed the node that translated the request, so nothing reverses the NAT",
-                            rep.delivered_from.map(|(a, p)| format!("{a}:{p}")).unwrap_or_default(),
-                            out.destination
-                        ),
-                        rule: None,
-                        fix: Some("make the reply return through the node that did the DNAT (masquerade, or routes back via that node)".into()),
-                    });
-                }
+            Some(ns) if ns == req.src_ns && rep.delivered_from.map(|x| x.0) != Some(req.dst) => {
+                let n = rep.hops.len();
+                rep.drop = Some(Drop {
+                    path: "reply".into(),
+                    hop: n,
+                    ns: snap.namespaces[ns].name.clone(),
+                    reason: format!(
+                        "the reply comes from {}, not {}: it bypassed the node that translated the request, so nothing reverses the NAT",
+                        rep.delivered_from.map(|(a, p)| format!("{a}:{p}")).unwrap_or_default(),
+                        out.destination
+                    ),
+                    rule: None,
+                    fix: Some("make the reply return through the node that did the DNAT (masquerade, or routes back via that node)".into()),
+                });
             }
+            Some(ns) if ns == req.src_ns => {}
             Some(ns) => {
                 let n = rep.hops.len();
                 rep.drop = Some(Drop {
