@@ -487,6 +487,10 @@ impl State {
             ));
         }
         let mut block = Block::new(rec.cidr, rec.owner, version);
+        // Records arrive sorted by address (both store formats keep them so): the block's map
+        // is built in one pass from the sorted list rather than by an insert per address.
+        let mut sorted: Vec<(u128, Alloc)> = Vec::with_capacity(rec.allocs.len());
+        let mut max_off: Option<u128> = None;
         for a in rec.allocs {
             if !rec.cidr.contains(&a.ip) {
                 return Err(corrupt(
@@ -495,6 +499,17 @@ impl State {
                 ));
             }
             let off = addr::to_u128(&a.ip) - block.base;
+            // Only an address at or below the highest so far can repeat one (never, in order).
+            if max_off.is_some_and(|m| m >= off) {
+                let dup = sorted.iter().any(|(o, _)| *o == off);
+                if dup {
+                    return Err(corrupt(
+                        &cfg.name,
+                        format!("{} recorded twice in block {}", a.ip, rec.cidr),
+                    ));
+                }
+            }
+            max_off = Some(max_off.map_or(off, |m| m.max(off)));
             let pod = match (a.ns, a.pod) {
                 (Some(ns), Some(name)) => Some(PodRef {
                     namespace: ns,
@@ -521,20 +536,19 @@ impl State {
                     );
                 }
             }
-            let alloc = Alloc {
-                cid: a.cid,
-                ifname: a.ifname,
-                node: a.node,
-                pod,
-                fixed: a.fixed,
-            };
-            if block.allocs.insert(off, alloc).is_some() {
-                return Err(corrupt(
-                    &cfg.name,
-                    format!("{} recorded twice in block {}", a.ip, rec.cidr),
-                ));
-            }
+            sorted.push((
+                off,
+                Alloc {
+                    cid: a.cid,
+                    ifname: a.ifname,
+                    node: a.node,
+                    pod,
+                    fixed: a.fixed,
+                },
+            ));
         }
+        // `from_iter` sorts (stably, so an already sorted list costs one pass) and bulk-builds.
+        block.allocs = sorted.into_iter().collect();
         ps.blocks.insert(idx, block);
         Ok(())
     }
@@ -1238,5 +1252,51 @@ impl State {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{AllocRecord, BlockRecord};
+
+    fn rec(ips: &[&str]) -> BlockRecord {
+        BlockRecord {
+            cidr: "10.0.0.0/26".parse().unwrap(),
+            owner: Some("n1".into()),
+            allocs: ips
+                .iter()
+                .map(|ip| AllocRecord {
+                    ip: ip.parse().unwrap(),
+                    cid: Some(format!("c{ip}")),
+                    ifname: "eth0".into(),
+                    node: "n1".into(),
+                    ns: None,
+                    pod: None,
+                    fixed: false,
+                })
+                .collect(),
+        }
+    }
+
+    fn state() -> State {
+        let cfg = crate::IpamConfig::parse(br#"{"node":"n1","dataDir":"/nonexistent","pools":[{"name":"p","cidr":"10.0.0.0/24","blockSize":26}]}"#).unwrap();
+        State::new(cfg.pools.clone())
+    }
+
+    #[test]
+    fn add_block_takes_any_order_and_refuses_repeats() {
+        let mut st = state();
+        st.add_block(0, rec(&["10.0.0.5", "10.0.0.3", "10.0.0.9"]), Some(1)).unwrap();
+        assert_eq!(st.allocated_count(), 3);
+        assert_eq!(st.lookup("c10.0.0.3", "eth0").len(), 1);
+        st.check_invariants().unwrap();
+        // The next allocation skips all three, whatever order they were stored in.
+        let g = st.allocate("n1", &AllocRequest::new("new", "eth0"), None).unwrap();
+        assert!(!["10.0.0.3", "10.0.0.5", "10.0.0.9"].contains(&g[0].ip.to_string().as_str()), "{g:?}");
+        for ips in [&["10.0.0.5", "10.0.0.5"][..], &["10.0.0.5", "10.0.0.3", "10.0.0.5"], &["10.0.0.3", "10.0.0.9", "10.0.0.3"]] {
+            let err = state().add_block(0, rec(ips), Some(1)).unwrap_err();
+            assert!(err.to_string().contains("recorded twice"), "{ips:?}: {err}");
+        }
     }
 }

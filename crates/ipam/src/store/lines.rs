@@ -226,8 +226,10 @@ pub(crate) struct Replay {
     pub applied: bool,
 }
 
-enum Op {
-    Owner(Option<String>),
+enum Op<'a> {
+    /// The owner field as written (escaped): every entry repeats it, so it becomes a `String`
+    /// only when it differs from the current owner.
+    Owner(&'a str),
     Set(AllocRecord),
     Del(IpAddr),
 }
@@ -248,7 +250,7 @@ pub(crate) fn replay(data: &[u8], version: &mut Version, record: &mut BlockRecor
         let next = pos + nl + 1;
         let (tag, rest) = line.split_once('\t').unwrap_or((line, ""));
         match tag {
-            "O" => pending.push(Op::Owner(opt(rest))),
+            "O" => pending.push(Op::Owner(rest)),
             "S" => match parse_alloc(rest) {
                 Some(a) => pending.push(Op::Set(a)),
                 None => break,
@@ -271,7 +273,13 @@ pub(crate) fn replay(data: &[u8], version: &mut Version, record: &mut BlockRecor
                         for op in pending.drain(..) {
                             let allocs = &mut record.allocs;
                             match op {
-                                Op::Owner(o) => record.owner = o,
+                                Op::Owner(raw) => {
+                                    let o = unescape(raw);
+                                    let new = (!o.is_empty()).then_some(o);
+                                    if record.owner.as_deref() != new.as_deref() {
+                                        record.owner = new.map(Cow::into_owned);
+                                    }
+                                }
                                 Op::Set(a) => match allocs.binary_search_by(|x| x.ip.cmp(&a.ip)) {
                                     Ok(i) => allocs[i] = a,
                                     Err(i) => allocs.insert(i, a),
