@@ -64,7 +64,7 @@ impl Suite {
             Suite::CniAddDel => 200,
             Suite::Ipam => 1000,
             Suite::Matrix => 3,
-            Suite::Datapath => 3,
+            Suite::Datapath => 5,
         }
     }
 }
