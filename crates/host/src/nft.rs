@@ -87,6 +87,8 @@ const NFT_CT_MARK: u32 = 3;
 const NF_DROP: i32 = 0;
 const NF_ACCEPT: i32 = 1;
 const IFNAMSIZ: usize = 16;
+/// Seconds an nf_tables request may wait for the kernel's answer.
+const RECV_TIMEOUT_S: libc::time_t = 10;
 
 /// `ct state` bits (`NF_CT_STATE_BIT`): `invalid`.
 pub const CT_INVALID: u32 = 1;
@@ -294,6 +296,21 @@ impl Nft {
         socket.bind_auto().map_err(|e| Error::io(op, e))?;
         let _ = socket.set_ext_ack(true);
         let _ = socket.set_cap_ack(true);
+        // A plugin must never hang on a kernel that does not answer: give up after 10 s.
+        let tv = libc::timeval { tv_sec: RECV_TIMEOUT_S, tv_usec: 0 };
+        // SAFETY: a valid socket fd and a timeval of the size passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&socket),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(Error::io(op, std::io::Error::last_os_error()));
+        }
         Ok(Nft { socket, seq: 1 })
     }
 
