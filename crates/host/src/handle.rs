@@ -84,23 +84,7 @@ impl Handle {
 
     /// Receives one datagram (which may hold several netlink messages).
     fn recv_datagram(&self, buf: &mut Vec<u8>, op: &dyn Fn() -> String) -> Result<()> {
-        loop {
-            // Peek with MSG_TRUNC to learn the full size, then read it whole.
-            buf.clear();
-            buf.reserve(64);
-            let len = match self.socket.recv(buf, libc::MSG_PEEK | libc::MSG_TRUNC) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(Error::io(format!("{}: recv", op()), e)),
-            };
-            buf.clear();
-            buf.reserve(len.max(64));
-            match self.socket.recv(buf, 0) {
-                Ok(_) => return Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(Error::io(format!("{}: recv", op()), e)),
-            }
-        }
+        recv_datagram(&self.socket, buf, op)
     }
 
     /// Sends `msg` with `NLM_F_REQUEST | NLM_F_ACK | flags` and waits for the ack.
@@ -209,6 +193,28 @@ impl Handle {
                     return Ok((out, interrupted));
                 }
             }
+        }
+    }
+}
+
+/// Receives one whole datagram from any netlink socket (NETLINK_ROUTE here, NETLINK_NETFILTER
+/// in [`crate::nft`]) into `buf`, retrying on EINTR.
+pub(crate) fn recv_datagram(socket: &Socket, buf: &mut Vec<u8>, op: &dyn Fn() -> String) -> Result<()> {
+    loop {
+        // Peek with MSG_TRUNC to learn the full size, then read it whole.
+        buf.clear();
+        buf.reserve(64);
+        let len = match socket.recv(buf, libc::MSG_PEEK | libc::MSG_TRUNC) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::io(format!("{}: recv", op()), e)),
+        };
+        buf.clear();
+        buf.reserve(len.max(64));
+        match socket.recv(buf, 0) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::io(format!("{}: recv", op()), e)),
         }
     }
 }

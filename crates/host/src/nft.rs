@@ -443,22 +443,7 @@ impl Nft {
     }
 
     fn recv(&self, buf: &mut Vec<u8>, op: &dyn Fn() -> String) -> Result<()> {
-        loop {
-            buf.clear();
-            buf.reserve(64);
-            let len = match self.socket.recv(buf, libc::MSG_PEEK | libc::MSG_TRUNC) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(Error::io(format!("{}: recv", op()), e)),
-            };
-            buf.clear();
-            buf.reserve(len.max(64));
-            match self.socket.recv(buf, 0) {
-                Ok(_) => return Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(Error::io(format!("{}: recv", op()), e)),
-            }
-        }
+        crate::handle::recv_datagram(&self.socket, buf, op)
     }
 }
 
