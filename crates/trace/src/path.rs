@@ -389,14 +389,7 @@ fn walk(
             }
             let src = p.src.unwrap_or(p.dst);
             let pk = Pkt { src, dst: p.dst, proto, sport: p.sport, dport: p.dport, iif: None, oif: None, ct: ctstate, is_local: &is_local };
-            let m = netfilter::eval(tab("mangle"), "OUTPUT", &pk, mark, ctmark);
-            if let Some(o) = m.first() {
-                if o.mark != mark {
-                    hop.notes.push(format!("mangle OUTPUT sets mark {:#x}", o.mark));
-                }
-                mark = o.mark;
-                ctmark = o.ctmark;
-            }
+            mangle(tab("mangle"), "OUTPUT", &pk, &mut mark, &mut ctmark, &mut hop);
             if ctstate == CtState::New {
                 let outs = netfilter::eval(tab("nat"), "OUTPUT", &pk, mark, ctmark);
                 let o = pick(outs, req.endpoint, endpoints, chosen);
@@ -417,14 +410,7 @@ fn walk(
             }
             let src = p.src.unwrap_or(p.dst);
             let pk = Pkt { src, dst: p.dst, proto, sport: p.sport, dport: p.dport, iif: Some(&iname), oif: None, ct: ctstate, is_local: &is_local };
-            let m = netfilter::eval(tab("mangle"), "PREROUTING", &pk, mark, ctmark);
-            if let Some(o) = m.first() {
-                if o.mark != mark {
-                    hop.notes.push(format!("mangle PREROUTING sets mark {:#x}", o.mark));
-                }
-                mark = o.mark;
-                ctmark = o.ctmark;
-            }
+            mangle(tab("mangle"), "PREROUTING", &pk, &mut mark, &mut ctmark, &mut hop);
             if ctstate == CtState::New {
                 let outs = netfilter::eval(tab("nat"), "PREROUTING", &pk, mark, ctmark);
                 let o = pick(outs, req.endpoint, endpoints, chosen);
@@ -547,6 +533,19 @@ fn walk(
     let n = out.hops.len();
     out.drop = Some(Drop { path: path_name.into(), hop: n, ns: snap.namespaces[cur].name.clone(), reason: format!("more than {MAX_HOPS} hops"), rule: None, fix: None });
     (out, None)
+}
+
+/// The mangle table's chain at one hook: the packet's mark and conntrack mark after it (the
+/// first outcome: only `-m statistic` forks, and mangle chains use none), with a note on
+/// the hop when the mark changed.
+fn mangle(table: Option<&netfilter::Table>, chain: &str, pk: &Pkt<'_>, mark: &mut u32, ctmark: &mut u32, hop: &mut Hop) {
+    if let Some(o) = netfilter::eval(table, chain, pk, *mark, *ctmark).first() {
+        if o.mark != *mark {
+            hop.notes.push(format!("mangle {chain} sets mark {:#x}", o.mark));
+        }
+        *mark = o.mark;
+        *ctmark = o.ctmark;
+    }
 }
 
 fn pick(outs: Vec<Outcome>, want: Option<IpAddr>, endpoints: &mut Vec<IpAddr>, chosen: &mut Option<IpAddr>) -> Outcome {
