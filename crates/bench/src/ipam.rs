@@ -137,30 +137,13 @@ pub fn run(n: usize, dirs: &PluginDirs, opts: &Options) -> Result<Report> {
     }
     dirs.require(&["knit-ipam", "host-local"])?;
     let ws = Workspace::new("ipam")?;
-    let seq = [Chain::new(&knit_conflist(&ws, "seq"), dirs)?, Chain::new(&host_local_conflist(&ws, "seq"), dirs)?];
-    let conc = [Chain::new(&knit_conflist(&ws, "conc"), dirs)?, Chain::new(&host_local_conflist(&ws, "conc"), dirs)?];
-    let series = ws.tn.run(|| -> Result<Series> {
-        if guard::in_root_netns()? {
-            return Err(Error::Setup("refusing to run plugins in the root network namespace".into()));
-        }
-        let mut s = Series::default();
-        sequential(n, &seq, &mut s, opts)?;
-        concurrent(n, &conc, &mut s, opts)?;
-        Ok(s)
-    })??;
+    let series = rounds(n, &ws, dirs, knit_conflist, "", opts)?;
     let etcd = match crate::etcd::EtcdServer::start(ws.tn.host(), "ipam")? {
         None => None,
         Some(server) => {
             opts.progress("etcd store");
-            let eseq = [Chain::new(&knit_etcd_conflist(&ws, "eseq"), dirs)?, Chain::new(&host_local_conflist(&ws, "eseq"), dirs)?];
-            let econc = [Chain::new(&knit_etcd_conflist(&ws, "econc"), dirs)?, Chain::new(&host_local_conflist(&ws, "econc"), dirs)?];
             // Fresh stores: a new etcd and new host-local directories; the pool is 10.243/16.
-            let s = ws.tn.run(|| -> Result<Series> {
-                let mut s = Series::default();
-                sequential(n, &eseq, &mut s, opts)?;
-                concurrent(n, &econc, &mut s, opts)?;
-                Ok(s)
-            })??;
+            let s = rounds(n, &ws, dirs, knit_etcd_conflist, "e", opts)?;
             drop(server);
             Some(s)
         }
@@ -170,6 +153,25 @@ pub fn run(n: usize, dirs: &PluginDirs, opts: &Options) -> Result<Report> {
     let mut r = report(n, &series, &core);
     report_etcd(&mut r, n, etcd.as_ref());
     Ok(r)
+}
+
+/// The sequential and the concurrent rounds of knit-ipam (its conflist from `knit`) against
+/// host-local, inside the bench namespace; `tag` keeps each call's data directories apart.
+fn rounds(n: usize, ws: &Workspace, dirs: &PluginDirs, knit: fn(&Workspace, &str) -> String, tag: &str, opts: &Options) -> Result<Series> {
+    let chains = |phase: &str| -> Result<[Chain; 2]> {
+        let t = format!("{tag}{phase}");
+        Ok([Chain::new(&knit(ws, &t), dirs)?, Chain::new(&host_local_conflist(ws, &t), dirs)?])
+    };
+    let (seq, conc) = (chains("seq")?, chains("conc")?);
+    ws.tn.run(|| -> Result<Series> {
+        if guard::in_root_netns()? {
+            return Err(Error::Setup("refusing to run plugins in the root network namespace".into()));
+        }
+        let mut s = Series::default();
+        sequential(n, &seq, &mut s, opts)?;
+        concurrent(n, &conc, &mut s, opts)?;
+        Ok(s)
+    })?
 }
 
 fn sequential(n: usize, chains: &[Chain; 2], s: &mut Series, opts: &Options) -> Result<()> {
