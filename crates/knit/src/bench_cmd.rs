@@ -36,7 +36,8 @@ impl From<SuiteArg> for Suite {
 pub struct BenchCmd {
     #[arg(value_enum)]
     suite: SuiteArg,
-    /// Samples: pods for cni-add-del (default 200), allocations for ipam (default 1000).
+    /// Samples: pods for cni-add-del (default 200), allocations for ipam (default 1000), lab runs for
+    /// matrix (default 3), iperf3 runs per path for datapath (default 5).
     #[arg(long)]
     n: Option<usize>,
     /// Print the report as JSON: {"suite":…,"results":[{"name":…,"median_ms":…,"p99_ms":…,"reference":…,"ratio":…}]}.
