@@ -73,7 +73,11 @@ fn blocks(cfg: &AgentConfig, ipam: &mut Option<knit_ipam::Ipam>) -> Result<Vec<I
 
 fn underlay(cfg: &AgentConfig) -> Result<Vec<IpAddr>, String> {
     let h = knit_host::Handle::new().map_err(|e| e.to_string())?;
-    Ok(knit_coordinator::underlay::list(&h, cfg.host_rule_table).map_err(|e| e.to_string())?.into_iter().map(|u| u.ip).collect())
+    Ok(knit_coordinator::underlay::list(&h, cfg.host_rule_table)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|u| u.ip)
+        .collect())
 }
 
 fn write_if_changed(path: &Path, text: &str) -> Result<bool, String> {
@@ -115,7 +119,8 @@ struct Agent {
 
 /// Runs until `stop` is set; then revokes the lease so the node leaves at once.
 pub fn run(cfg: &AgentConfig, stop: &AtomicBool) -> Result<(), String> {
-    let mut reg = Registry::connect(&cfg.endpoints, &cfg.tls, &cfg.prefix, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    let mut reg =
+        Registry::connect(&cfg.endpoints, &cfg.tls, &cfg.prefix, Duration::from_secs(5)).map_err(|e| e.to_string())?;
     reg.grant(cfg.lease_ttl).map_err(|e| e.to_string())?;
     tracing::info!(node = %cfg.node, ip = %cfg.node_ip, ttl = cfg.lease_ttl, "registered");
     let mut agent = Agent {
@@ -157,7 +162,13 @@ impl Agent {
         let _ = knit_host::sysctl::set("net.ipv4.ip_forward", "1");
         let blocks = blocks(cfg, &mut self.ipam)?;
         let ul = underlay(cfg)?;
-        let rec = NodeRecord { name: cfg.node.clone(), ip: IpAddr::V4(cfg.node_ip), asn: cfg.asn, blocks: blocks.clone(), underlay: ul.clone() };
+        let rec = NodeRecord {
+            name: cfg.node.clone(),
+            ip: IpAddr::V4(cfg.node_ip),
+            asn: cfg.asn,
+            blocks: blocks.clone(),
+            underlay: ul.clone(),
+        };
         if self.last_record.as_ref() != Some(&rec) {
             self.reg.put_node(&rec).map_err(|e| e.to_string())?;
             tracing::info!(blocks = blocks.len(), underlay = ul.len(), "published node record");
@@ -167,7 +178,8 @@ impl Agent {
         if write_if_changed(&cfg.cidr_file, &cidr_file_text(&cluster))? {
             tracing::info!(file = %cfg.cidr_file.display(), "wrote the coordinator's CIDR file");
         }
-        let mut peers: Vec<Ipv4Addr> = self.reg
+        let mut peers: Vec<Ipv4Addr> = self
+            .reg
             .nodes()
             .map_err(|e| e.to_string())?
             .into_iter()

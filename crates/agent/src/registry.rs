@@ -112,10 +112,15 @@ impl Registry {
     pub fn connect(endpoints: &[String], tls: &Tls, prefix: &str, timeout: Duration) -> Result<Registry> {
         let eps = endpoints.join(",");
         let err = |msg: String| RegistryError::Etcd { endpoints: eps.clone(), msg };
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| err(format!("tokio runtime: {e}")))?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| err(format!("tokio runtime: {e}")))?;
         let mut opts = ConnectOptions::new().with_connect_timeout(timeout).with_timeout(timeout);
         if tls.ca.is_some() || tls.cert.is_some() {
-            let read = |p: &PathBuf| std::fs::read(p).map_err(|source| RegistryError::File { path: p.display().to_string(), source });
+            let read = |p: &PathBuf| {
+                std::fs::read(p).map_err(|source| RegistryError::File { path: p.display().to_string(), source })
+            };
             let mut t = TlsOptions::new();
             if let Some(ca) = &tls.ca {
                 t = t.ca_certificate(Certificate::from_pem(read(ca)?));
@@ -130,7 +135,15 @@ impl Registry {
             .block_on(async { tokio::time::timeout(timeout, Client::connect(list, Some(opts))).await })
             .map_err(|_| err(format!("no connection within {timeout:?}")))?
             .map_err(|e| err(e.to_string()))?;
-        Ok(Registry { rt, client, endpoints: eps, prefix: prefix.trim_end_matches('/').to_string(), lease: None, keeper: None, timeout })
+        Ok(Registry {
+            rt,
+            client,
+            endpoints: eps,
+            prefix: prefix.trim_end_matches('/').to_string(),
+            lease: None,
+            keeper: None,
+            timeout,
+        })
     }
 
     fn err(&self, what: &str, e: impl std::fmt::Display) -> RegistryError {
@@ -150,9 +163,15 @@ impl Registry {
         let t = self.timeout;
         let client = &mut self.client;
         let r = self.rt.block_on(async {
-            let lease = tokio::time::timeout(t, client.lease_grant(ttl, None)).await.map_err(|_| "timed out".to_string())?.map_err(|e| e.to_string())?;
+            let lease = tokio::time::timeout(t, client.lease_grant(ttl, None))
+                .await
+                .map_err(|_| "timed out".to_string())?
+                .map_err(|e| e.to_string())?;
             let id = lease.id();
-            let ka = tokio::time::timeout(t, client.lease_keep_alive(id)).await.map_err(|_| "timed out".to_string())?.map_err(|e| e.to_string())?;
+            let ka = tokio::time::timeout(t, client.lease_keep_alive(id))
+                .await
+                .map_err(|_| "timed out".to_string())?
+                .map_err(|e| e.to_string())?;
             Ok::<_, String>((id, ka))
         });
         let (id, ka) = r.map_err(|e| self.err("lease grant", e))?;
@@ -169,8 +188,14 @@ impl Registry {
             return Err(RegistryError::Etcd { endpoints: self.endpoints.clone(), msg: "no lease".into() });
         };
         let r = self.rt.block_on(async {
-            tokio::time::timeout(t, keeper.keep_alive()).await.map_err(|_| "timed out".to_string())?.map_err(|e| e.to_string())?;
-            let msg = tokio::time::timeout(t, stream.message()).await.map_err(|_| "timed out".to_string())?.map_err(|e| e.to_string())?;
+            tokio::time::timeout(t, keeper.keep_alive())
+                .await
+                .map_err(|_| "timed out".to_string())?
+                .map_err(|e| e.to_string())?;
+            let msg = tokio::time::timeout(t, stream.message())
+                .await
+                .map_err(|_| "timed out".to_string())?
+                .map_err(|e| e.to_string())?;
             match msg {
                 Some(m) if m.ttl() > 0 => Ok(()),
                 _ => Err("lease expired".to_string()),
@@ -186,7 +211,8 @@ impl Registry {
     /// Publishes this node's record under its lease.
     pub fn put_node(&mut self, rec: &NodeRecord) -> Result<()> {
         let key = self.node_key(&rec.name);
-        let value = serde_json::to_string(rec).map_err(|e| RegistryError::Decode { key: key.clone(), msg: e.to_string() })?;
+        let value =
+            serde_json::to_string(rec).map_err(|e| RegistryError::Decode { key: key.clone(), msg: e.to_string() })?;
         let opts = self.lease.map(|l| PutOptions::new().with_lease(l));
         let t = self.timeout;
         let client = &mut self.client;
@@ -203,7 +229,9 @@ impl Registry {
         let prefix = format!("{}/nodes/", self.prefix);
         let t = self.timeout;
         let client = &mut self.client;
-        let r = self.rt.block_on(async { tokio::time::timeout(t, client.get(prefix, Some(GetOptions::new().with_prefix()))).await });
+        let r = self.rt.block_on(async {
+            tokio::time::timeout(t, client.get(prefix, Some(GetOptions::new().with_prefix()))).await
+        });
         let resp = match r {
             Ok(Ok(resp)) => resp,
             Ok(Err(e)) => return Err(self.err("list nodes", e)),
@@ -212,7 +240,8 @@ impl Registry {
         let mut out = Vec::new();
         for kv in resp.kvs() {
             let key = String::from_utf8_lossy(kv.key()).into_owned();
-            let rec: NodeRecord = serde_json::from_slice(kv.value()).map_err(|e| RegistryError::Decode { key, msg: e.to_string() })?;
+            let rec: NodeRecord =
+                serde_json::from_slice(kv.value()).map_err(|e| RegistryError::Decode { key, msg: e.to_string() })?;
             out.push(rec);
         }
         Ok(out)
@@ -245,14 +274,17 @@ impl Registry {
         };
         match resp.kvs().first() {
             None => Ok(None),
-            Some(kv) => serde_json::from_slice(kv.value()).map(Some).map_err(|e| RegistryError::Decode { key, msg: e.to_string() }),
+            Some(kv) => serde_json::from_slice(kv.value())
+                .map(Some)
+                .map_err(|e| RegistryError::Decode { key, msg: e.to_string() }),
         }
     }
 
     /// Sets the cluster settings.
     pub fn set_cluster_config(&mut self, c: &ClusterConfig) -> Result<()> {
         let key = self.config_key();
-        let value = serde_json::to_string(c).map_err(|e| RegistryError::Decode { key: key.clone(), msg: e.to_string() })?;
+        let value =
+            serde_json::to_string(c).map_err(|e| RegistryError::Decode { key: key.clone(), msg: e.to_string() })?;
         let t = self.timeout;
         let client = &mut self.client;
         let r = self.rt.block_on(async { tokio::time::timeout(t, client.put(key, value, None)).await });

@@ -5,9 +5,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
-use knit_agent::bird::{
-    node_config, peer_protocol_name, tor_config, Bird, NodeBgp, Peer, Timers, TorBgp, TorSession,
-};
+use knit_agent::bird::{node_config, peer_protocol_name, tor_config, Bird, NodeBgp, Peer, Timers, TorBgp, TorSession};
 use knit_host::route::{self, proto, table, RouteKind};
 use knit_host::{link, Family, Handle, Netns};
 use knit_testkit::{Fabric, Scratch, TestNet};
@@ -64,12 +62,7 @@ fn nodes_and_tor_exchange_routes() {
             let block = net(&format!("10.250.{}.0/26", i));
             // An underlay pod address in the fabric subnet, wired by node i.
             let underlay = net(&format!("10.77.0.{}/32", 100 + i));
-            TestNode {
-                ns,
-                ip,
-                block,
-                underlay,
-            }
+            TestNode { ns, ip, block, underlay }
         })
         .collect();
 
@@ -79,15 +72,8 @@ fn nodes_and_tor_exchange_routes() {
         let cfg = NodeBgp {
             node_ip: n.ip,
             asn: NODE_ASN,
-            node_peers: nodes
-                .iter()
-                .filter(|o| o.ip != n.ip)
-                .map(|o| o.ip)
-                .collect(),
-            tor: Some(Peer {
-                ip: IpAddr::V4(tor_ip),
-                asn: TOR_ASN,
-            }),
+            node_peers: nodes.iter().filter(|o| o.ip != n.ip).map(|o| o.ip).collect(),
+            tor: Some(Peer { ip: IpAddr::V4(tor_ip), asn: TOR_ASN }),
             overlay_cidrs: vec![net(OVERLAY)],
             blocks: vec![n.block],
             underlay_routes: vec![n.underlay],
@@ -95,12 +81,8 @@ fn nodes_and_tor_exchange_routes() {
             timers: Timers::FAST,
         };
         let bird = Bird::new(scratch.path.join(format!("n{}", i + 1)));
-        bird.write_config(&node_config(&cfg).expect("node config"))
-            .expect("write config");
-        pids.push(
-            tn.spawn(&n.ns, &mut bird.command().expect("bird command"))
-                .expect("spawn bird"),
-        );
+        bird.write_config(&node_config(&cfg).expect("node config")).expect("write config");
+        pids.push(tn.spawn(&n.ns, &mut bird.command().expect("bird command")).expect("spawn bird"));
         birds.push(bird);
     }
     let tor_cfg = TorBgp {
@@ -108,24 +90,14 @@ fn nodes_and_tor_exchange_routes() {
         asn: TOR_ASN,
         nodes: nodes
             .iter()
-            .map(|n| TorSession {
-                local_ip: tor_ip,
-                node: Peer {
-                    ip: IpAddr::V4(n.ip),
-                    asn: NODE_ASN,
-                },
-            })
+            .map(|n| TorSession { local_ip: tor_ip, node: Peer { ip: IpAddr::V4(n.ip), asn: NODE_ASN } })
             .collect(),
         accept: vec![net(OVERLAY), net(SERVICES)],
         timers: Timers::FAST,
     };
     let tor = Bird::new(scratch.path.join("tor"));
-    tor.write_config(&tor_config(&tor_cfg).expect("tor config"))
-        .expect("write tor config");
-    pids.push(
-        tn.spawn(&fabric.ns, &mut tor.command().expect("bird command"))
-            .expect("spawn tor bird"),
-    );
+    tor.write_config(&tor_config(&tor_cfg).expect("tor config")).expect("write tor config");
+    pids.push(tn.spawn(&fabric.ns, &mut tor.command().expect("bird command")).expect("spawn tor bird"));
 
     // Every session up: each node has 2 node peers + the ToR, the ToR has 3 nodes.
     for b in birds.iter().chain([&tor]) {
@@ -134,82 +106,48 @@ fn nodes_and_tor_exchange_routes() {
             panic!("{e}\nlog:\n{log}");
         }
     }
-    let names: Vec<String> = nodes
-        .iter()
-        .map(|n| peer_protocol_name(IpAddr::V4(n.ip)))
-        .collect();
-    tor.wait_established(&names, Duration::from_secs(5))
-        .expect("ToR sessions by name");
+    let names: Vec<String> = nodes.iter().map(|n| peer_protocol_name(IpAddr::V4(n.ip))).collect();
+    tor.wait_established(&names, Duration::from_secs(5)).expect("ToR sessions by name");
 
     for n in &nodes {
-        let eth0 =
-            link::index_of(&Handle::in_netns(&n.ns).expect("netlink"), "eth0").expect("eth0");
+        let eth0 = link::index_of(&Handle::in_netns(&n.ns).expect("netlink"), "eth0").expect("eth0");
         let others: Vec<&TestNode> = nodes.iter().filter(|o| o.ip != n.ip).collect();
-        let routes = wait_for(
-            "blocks and underlay /32s of the other nodes",
-            Duration::from_secs(10),
-            || {
-                let rs = main_routes(&n.ns);
-                let has = |dst: IpNet, via: Ipv4Addr| {
-                    rs.iter().any(|r| {
-                        r.dst == dst
-                            && r.gateway == Some(IpAddr::V4(via))
-                            && r.oif == Some(eth0)
-                            && r.protocol == proto::BIRD
-                    })
-                };
-                others
-                    .iter()
-                    .all(|o| has(o.block, o.ip) && has(o.underlay, o.ip))
-                    .then_some(rs)
-            },
-        );
+        let routes = wait_for("blocks and underlay /32s of the other nodes", Duration::from_secs(10), || {
+            let rs = main_routes(&n.ns);
+            let has = |dst: IpNet, via: Ipv4Addr| {
+                rs.iter().any(|r| {
+                    r.dst == dst
+                        && r.gateway == Some(IpAddr::V4(via))
+                        && r.oif == Some(eth0)
+                        && r.protocol == proto::BIRD
+                })
+            };
+            others.iter().all(|o| has(o.block, o.ip) && has(o.underlay, o.ip)).then_some(rs)
+        });
         // Its own block is a blackhole; its own underlay /32 and the Service CIDR are not installed.
         assert!(
-            routes.iter().any(|r| r.dst == n.block
-                && r.kind == RouteKind::Blackhole
-                && r.protocol == proto::BIRD),
+            routes.iter().any(|r| r.dst == n.block && r.kind == RouteKind::Blackhole && r.protocol == proto::BIRD),
             "{:?}",
             routes
         );
-        assert!(
-            !routes.iter().any(|r| r.dst == n.underlay),
-            "own underlay /32 must not be in main"
-        );
-        assert!(
-            !routes.iter().any(|r| r.dst == net(SERVICES)),
-            "Service CIDR must not be installed on nodes"
-        );
+        assert!(!routes.iter().any(|r| r.dst == n.underlay), "own underlay /32 must not be in main");
+        assert!(!routes.iter().any(|r| r.dst == net(SERVICES)), "Service CIDR must not be installed on nodes");
     }
 
     // The ToR: every block via its node, the Service CIDR over all three nodes, no /32s.
-    let tor_routes = wait_for(
-        "blocks and Service CIDR at the ToR",
-        Duration::from_secs(10),
-        || {
-            let text = ip_route(&tn, &fabric.ns, &["proto", "bird"]);
-            let blocks_ok = nodes
-                .iter()
-                .all(|n| text.contains(&format!("{} via {} dev br0", n.block, n.ip)));
-            let ecmp = nodes
-                .iter()
-                .all(|n| text.contains(&format!("nexthop via {} dev br0", n.ip)));
-            (blocks_ok && text.contains(SERVICES) && ecmp).then_some(text)
-        },
-    );
+    let tor_routes = wait_for("blocks and Service CIDR at the ToR", Duration::from_secs(10), || {
+        let text = ip_route(&tn, &fabric.ns, &["proto", "bird"]);
+        let blocks_ok = nodes.iter().all(|n| text.contains(&format!("{} via {} dev br0", n.block, n.ip)));
+        let ecmp = nodes.iter().all(|n| text.contains(&format!("nexthop via {} dev br0", n.ip)));
+        (blocks_ok && text.contains(SERVICES) && ecmp).then_some(text)
+    });
     for n in &nodes {
-        assert!(
-            !tor_routes.contains(&n.underlay.addr().to_string()),
-            "underlay /32 leaked to the ToR:\n{tor_routes}"
-        );
+        assert!(!tor_routes.contains(&n.underlay.addr().to_string()), "underlay /32 leaked to the ToR:\n{tor_routes}");
     }
 
     drop(tn);
     // TestNet killed the daemons it spawned.
     for pid in pids {
-        assert!(
-            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
-            "bird {pid} still running"
-        );
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "bird {pid} still running");
     }
 }

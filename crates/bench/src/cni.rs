@@ -97,7 +97,6 @@ fn order(i: usize) -> [Item; 5] {
     o
 }
 
-
 fn routed_knit_conflist(ws: &Workspace) -> String {
     format!(
         r#"{{"cniVersion":"1.0.0","name":"bench-routed","plugins":[{{"type":"knit-routed","mtu":1480,
@@ -469,7 +468,9 @@ fn report(n: usize, s: &Series) -> Report {
         "{n} pods of each kind ADDed (N pods per kind on the node at the end), then DELeted; the order of the \
          chains and floors rotates every pod; only the plugin chain is timed"
     ));
-    r.notes.push("plugins run as processes with CNI_* variables and stdin, from a thread inside the node namespace".into());
+    r.notes.push(
+        "plugins run as processes with CNI_* variables and stdin, from a thread inside the node namespace".into(),
+    );
     r
 }
 

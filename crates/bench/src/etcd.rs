@@ -40,7 +40,12 @@ impl EtcdServer {
         cmd.args(["--name", "knit-bench", "--data-dir"])
             .arg(dir.join("data"))
             .args(["--listen-client-urls", ENDPOINT, "--advertise-client-urls", ENDPOINT])
-            .args(["--listen-peer-urls", "http://127.0.0.1:2380", "--initial-advertise-peer-urls", "http://127.0.0.1:2380"])
+            .args([
+                "--listen-peer-urls",
+                "http://127.0.0.1:2380",
+                "--initial-advertise-peer-urls",
+                "http://127.0.0.1:2380",
+            ])
             .args(["--initial-cluster", "knit-bench=http://127.0.0.1:2380", "--log-level", "warn"])
             .stdin(Stdio::null())
             .stdout(log)
@@ -56,12 +61,17 @@ impl EtcdServer {
         loop {
             let healthy = ns
                 .run(|| -> bool {
-                    let Ok(mut s) = TcpStream::connect_timeout(&"127.0.0.1:2379".parse().expect("literal address"), Duration::from_millis(200)) else {
+                    let Ok(mut s) = TcpStream::connect_timeout(
+                        &"127.0.0.1:2379".parse().expect("literal address"),
+                        Duration::from_millis(200),
+                    ) else {
                         return false;
                     };
                     let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
                     let mut body = String::new();
-                    s.write_all(b"GET /health HTTP/1.0\r\n\r\n").is_ok() && s.read_to_string(&mut body).is_ok() && body.contains("\"health\":\"true\"")
+                    s.write_all(b"GET /health HTTP/1.0\r\n\r\n").is_ok()
+                        && s.read_to_string(&mut body).is_ok()
+                        && body.contains("\"health\":\"true\"")
                 })
                 .map_err(|e| Error::Setup(format!("entering the bench namespace: {e}")))?;
             if healthy {
@@ -71,7 +81,10 @@ impl EtcdServer {
                 return Err(Error::Setup(format!("etcd exited ({st}); log: {}", self.dir.join("etcd.log").display())));
             }
             if Instant::now() > deadline {
-                return Err(Error::Setup(format!("etcd not healthy after {within:?}; log: {}", self.dir.join("etcd.log").display())));
+                return Err(Error::Setup(format!(
+                    "etcd not healthy after {within:?}; log: {}",
+                    self.dir.join("etcd.log").display()
+                )));
             }
             std::thread::sleep(Duration::from_millis(100));
         }

@@ -157,7 +157,14 @@ pub fn run(n: usize, dirs: &PluginDirs, opts: &Options) -> Result<Report> {
 
 /// The sequential and the concurrent rounds of knit-ipam (its conflist from `knit`) against
 /// host-local, inside the bench namespace; `tag` keeps each call's data directories apart.
-fn rounds(n: usize, ws: &Workspace, dirs: &PluginDirs, knit: fn(&Workspace, &str) -> String, tag: &str, opts: &Options) -> Result<Series> {
+fn rounds(
+    n: usize,
+    ws: &Workspace,
+    dirs: &PluginDirs,
+    knit: fn(&Workspace, &str) -> String,
+    tag: &str,
+    opts: &Options,
+) -> Result<Series> {
     let chains = |phase: &str| -> Result<[Chain; 2]> {
         let t = format!("{tag}{phase}");
         Ok([Chain::new(&knit(ws, &t), dirs)?, Chain::new(&host_local_conflist(ws, &t), dirs)?])
@@ -216,7 +223,11 @@ fn sequential(n: usize, chains: &[Chain; 2], s: &mut Series, opts: &Options) -> 
     }
     for (k, got) in ips.iter().enumerate() {
         if got.len() != n {
-            return Err(Error::Check(format!("{}: {n} sequential ADDs gave {} distinct addresses", name(k), got.len())));
+            return Err(Error::Check(format!(
+                "{}: {n} sequential ADDs gave {} distinct addresses",
+                name(k),
+                got.len()
+            )));
         }
     }
     for (i, row) in results.iter().enumerate() {
@@ -250,7 +261,12 @@ fn name(k: usize) -> &'static str {
 type BatchOutcome = (Vec<(usize, Duration)>, Duration, Vec<(usize, Value)>);
 
 /// Runs operations `range` of `chain` on [`WORKERS`] threads.
-fn batch(chain: &Chain, k: usize, range: std::ops::Range<usize>, del: Option<&[Option<Value>]>) -> Result<BatchOutcome> {
+fn batch(
+    chain: &Chain,
+    k: usize,
+    range: std::ops::Range<usize>,
+    del: Option<&[Option<Value>]>,
+) -> Result<BatchOutcome> {
     let next = AtomicUsize::new(range.start);
     let lat = Mutex::new(Vec::new());
     let out = Mutex::new(Vec::new());
@@ -317,7 +333,8 @@ fn concurrent(n: usize, chains: &[Chain; 2], s: &mut Series, opts: &Options) -> 
             for k in [first, 1 - first] {
                 let prev = if verb_del { Some(results[k].as_slice()) } else { None };
                 let (lat, wall, out) = batch(&chains[k], k, range.clone(), prev)?;
-                let (series, walls) = if verb_del { (&mut s.del_c, &mut s.del_c_wall) } else { (&mut s.add_c, &mut s.add_c_wall) };
+                let (series, walls) =
+                    if verb_del { (&mut s.del_c, &mut s.del_c_wall) } else { (&mut s.add_c, &mut s.add_c_wall) };
                 let mut lat = lat;
                 lat.sort_by_key(|(i, _)| *i);
                 for (_, d) in lat {
@@ -336,7 +353,11 @@ fn concurrent(n: usize, chains: &[Chain; 2], s: &mut Series, opts: &Options) -> 
                 let ips: Vec<String> = res.iter().filter_map(|v| v.as_ref().and_then(first_ip)).collect();
                 let distinct: HashSet<&String> = ips.iter().collect();
                 if ips.len() != n {
-                    return Err(Error::Check(format!("{}: {} of {n} concurrent ADDs returned an address", name(k), ips.len())));
+                    return Err(Error::Check(format!(
+                        "{}: {} of {n} concurrent ADDs returned an address",
+                        name(k),
+                        ips.len()
+                    )));
                 }
                 s.dups[k] = ips.len() - distinct.len();
             }
@@ -378,12 +399,18 @@ fn report(n: usize, s: &Series, core: &Samples) -> Report {
     r.results.push(Row::plain(PROCESS, &s.process));
     r.results.push(Row::plain(HL_ADD, &s.add[1]));
     r.results.push(Row::versus(KI_ADD, &s.add[0], HL_ADD, s.add[1].median(), Some(0.2)));
-    r.results.push(Row::plain(KI_ADD_NET, &s.add[0].minus(&s.process)).note("paired with the process start of the same round"));
+    r.results.push(
+        Row::plain(KI_ADD_NET, &s.add[0].minus(&s.process)).note("paired with the process start of the same round"),
+    );
     r.results.push(Row::plain(HL_DEL, &s.del[1]));
     r.results.push(Row::versus(KI_DEL, &s.del[0], HL_DEL, s.del[1].median(), None));
 
     let per_s = |count: usize, wall: Duration| if wall.is_zero() { 0.0 } else { count as f64 / wall.as_secs_f64() };
-    r.results.push(Row::plain(HL_ADD_C, &s.add_c[1]).ops_per_s(per_s(n, s.add_c_wall[1])).note(format!("{} duplicate addresses", s.dups[1])));
+    r.results.push(
+        Row::plain(HL_ADD_C, &s.add_c[1])
+            .ops_per_s(per_s(n, s.add_c_wall[1]))
+            .note(format!("{} duplicate addresses", s.dups[1])),
+    );
     r.results.push(
         Row::versus(KI_ADD_C, &s.add_c[0], HL_ADD_C, s.add_c[1].median(), None)
             .ops_per_s(per_s(n, s.add_c_wall[0]))
@@ -391,7 +418,9 @@ fn report(n: usize, s: &Series, core: &Samples) -> Report {
             .note(format!("{} duplicate addresses", s.dups[0])),
     );
     r.results.push(Row::plain(HL_DEL_C, &s.del_c[1]).ops_per_s(per_s(n, s.del_c_wall[1])));
-    r.results.push(Row::versus(KI_DEL_C, &s.del_c[0], HL_DEL_C, s.del_c[1].median(), None).ops_per_s(per_s(n, s.del_c_wall[0])));
+    r.results.push(
+        Row::versus(KI_DEL_C, &s.del_c[0], HL_DEL_C, s.del_c[1].median(), None).ops_per_s(per_s(n, s.del_c_wall[0])),
+    );
 
     let core_per_s = if core.total_ms() > 0.0 { core.len() as f64 * 1000.0 / core.total_ms() } else { 0.0 };
     r.results.push(
@@ -407,14 +436,20 @@ fn report(n: usize, s: &Series, core: &Samples) -> Report {
         "concurrent: {WORKERS} threads, each starting one plugin process at a time, {n} ADDs then {n} DELs per plugin, \
          in rounds that alternate which plugin goes first; ops/s = operations / wall time"
     ));
-    r.notes.push("knit-ipam uses its local store (files under one flock, fsync off, its default); host-local its disk store".into());
+    r.notes.push(
+        "knit-ipam uses its local store (files under one flock, fsync off, its default); host-local its disk store"
+            .into(),
+    );
     r
 }
 
 fn report_etcd(r: &mut Report, n: usize, s: Option<&Series>) {
     use rows::*;
     let Some(s) = s else {
-        r.notes.push(format!("etcd store rows skipped: {} is not installed (apt-get install etcd-server)", crate::etcd::ETCD));
+        r.notes.push(format!(
+            "etcd store rows skipped: {} is not installed (apt-get install etcd-server)",
+            crate::etcd::ETCD
+        ));
         return;
     };
     let per_s = |count: usize, wall: Duration| if wall.is_zero() { 0.0 } else { count as f64 / wall.as_secs_f64() };
@@ -430,7 +465,9 @@ fn report_etcd(r: &mut Report, n: usize, s: Option<&Series>) {
             .note(format!("{} duplicate addresses", s.dups[0])),
     );
     r.results.push(Row::plain(HL_DEL_CE, &s.del_c[1]).ops_per_s(per_s(n, s.del_c_wall[1])));
-    r.results.push(Row::versus(KE_DEL_C, &s.del_c[0], HL_DEL_CE, s.del_c[1].median(), None).ops_per_s(per_s(n, s.del_c_wall[0])));
+    r.results.push(
+        Row::versus(KE_DEL_C, &s.del_c[0], HL_DEL_CE, s.del_c[1].median(), None).ops_per_s(per_s(n, s.del_c_wall[0])),
+    );
     r.notes.push(
         "etcd store: one etcd (Debian etcd-server) in the bench namespace, data on /dev/shm; each knit-ipam process \
          connects over gRPC and commits with compare-and-swap transactions; host-local runs beside it in the same rotation"

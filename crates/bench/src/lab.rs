@@ -58,7 +58,8 @@ fn options(name: &str, dirs: &PluginDirs, serve: Serve) -> knit_lab::Options {
 
 /// `matrix`: the default lab's matrix, `n` times; setup, cells and teardown timed apart.
 pub fn run_matrix(n: usize, dirs: &PluginDirs, opts: &Options) -> Result<Report> {
-    let (mut setup, mut cells, mut teardown, mut total) = (Samples::new(), Samples::new(), Samples::new(), Samples::new());
+    let (mut setup, mut cells, mut teardown, mut total) =
+        (Samples::new(), Samples::new(), Samples::new(), Samples::new());
     let mut count = 0;
     let stop = AtomicBool::new(false);
     std::thread::scope(|s| -> Result<()> {
@@ -69,7 +70,9 @@ pub fn run_matrix(n: usize, dirs: &PluginDirs, opts: &Options) -> Result<Report>
                 opts.progress(format!("matrix run {}/{n}", i + 1));
                 let topo = Topology::default_lab().map_err(|e| Error::Setup(e.to_string()))?;
                 let t0 = Instant::now();
-                let lab = Lab::up(topo, &options(&format!("bm{}-{i}", std::process::id()), dirs, Serve::InProcess), &|_| {}).map_err(lab_err)?;
+                let lab =
+                    Lab::up(topo, &options(&format!("bm{}-{i}", std::process::id()), dirs, Serve::InProcess), &|_| {})
+                        .map_err(lab_err)?;
                 let t1 = Instant::now();
                 let jobs = knit_lab::matrix::plan_cells(&lab.state);
                 let result = knit_lab::matrix::run(&lab, jobs, &|_| {});
@@ -79,7 +82,10 @@ pub fn run_matrix(n: usize, dirs: &PluginDirs, opts: &Options) -> Result<Report>
                 let result = result.map_err(lab_err)?;
                 let failed = result.iter().filter(|c| !c.ok).count();
                 if failed > 0 {
-                    return Err(Error::Check(format!("{failed} of {} matrix cells failed (knit lab matrix shows them)", result.len())));
+                    return Err(Error::Check(format!(
+                        "{failed} of {} matrix cells failed (knit lab matrix shows them)",
+                        result.len()
+                    )));
                 }
                 count = result.len();
                 setup.push(t1 - t0);
@@ -100,7 +106,9 @@ pub fn run_matrix(n: usize, dirs: &PluginDirs, opts: &Options) -> Result<Report>
     t.target = Some("< 60000 ms".into());
     t.met = Some(total.median() < 60_000.0);
     report.results.push(t);
-    report.notes.push("the default lab (3 nodes, 9 pods, 6 Services, 2 clients), kube-proxy legacy, in-process echo servers".into());
+    report.notes.push(
+        "the default lab (3 nodes, 9 pods, 6 Services, 2 clients), kube-proxy legacy, in-process echo servers".into(),
+    );
     Ok(report)
 }
 
@@ -114,7 +122,8 @@ fn bare_pod(lab: &Lab, dirs: &PluginDirs, node: &str, pod: &str, addr: ipnet::Ip
         "plugins": [{"type": "macvlan", "master": "eth0", "mode": "bridge",
                      "ipam": {"type": "static", "addresses": [{"address": addr.to_string()}]}}],
     });
-    let list = NetConfList::from_bytes(conf.to_string().as_bytes()).map_err(|e| Error::Plugin { what: "bare macvlan conflist".into(), err: e })?;
+    let list = NetConfList::from_bytes(conf.to_string().as_bytes())
+        .map_err(|e| Error::Plugin { what: "bare macvlan conflist".into(), err: e })?;
     let rt = RuntimeArgs {
         container_id: format!("{}-{pod}", lab.plan.name),
         netns: knit_host::Netns::named_path(&full).to_string_lossy().into_owned(),
@@ -152,7 +161,8 @@ fn iperf(lab: &Lab, src: &str, servers: &[&str], dst: IpAddr, port: u16) -> Resu
         let _ = c.wait();
     }
     let out = out?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| Error::Check(format!("iperf3 {src} → {dst}: {e}")))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| Error::Check(format!("iperf3 {src} → {dst}: {e}")))?;
     v["end"]["sum_received"]["bits_per_second"]
         .as_f64()
         .map(|b| b / 1e9)
@@ -166,7 +176,8 @@ fn round_trips(lab: &Lab, src: &str, dst: SocketAddr, n: usize) -> Result<Sample
         let mut s = Samples::new();
         for _ in 0..n {
             let t = Instant::now();
-            knit_lab::serve::probe_tcp(dst, Duration::from_secs(2)).map_err(|e| Error::Check(format!("{src} → {dst}: {e}")))?;
+            knit_lab::serve::probe_tcp(dst, Duration::from_secs(2))
+                .map_err(|e| Error::Check(format!("{src} → {dst}: {e}")))?;
             s.push(t.elapsed());
         }
         Ok(s)
@@ -198,13 +209,16 @@ pub fn run_datapath(n: usize, dirs: &PluginDirs, opts: &Options) -> Result<Repor
     let (Some(ua), Some(ub)) = (u("underlay1"), u("underlay3")) else {
         return Err(Error::Setup("the default lab has no underlay1/underlay3".into()));
     };
-    let pool = topo.pool(ua.pool.as_deref().unwrap_or_default()).cloned().ok_or_else(|| Error::Setup("no pool".into()))?;
+    let pool =
+        topo.pool(ua.pool.as_deref().unwrap_or_default()).cloned().ok_or_else(|| Error::Setup("no pool".into()))?;
     let last = match pool.range_end {
         IpAddr::V4(a) => u32::from(a),
         IpAddr::V6(_) => return Err(Error::Setup("IPv4 pools only".into())),
     };
-    let bare_a = ipnet::IpNet::new(IpAddr::V4((last + 1).into()), pool.cidr.prefix_len()).map_err(|e| Error::Setup(e.to_string()))?;
-    let bare_b = ipnet::IpNet::new(IpAddr::V4((last + 2).into()), pool.cidr.prefix_len()).map_err(|e| Error::Setup(e.to_string()))?;
+    let bare_a = ipnet::IpNet::new(IpAddr::V4((last + 1).into()), pool.cidr.prefix_len())
+        .map_err(|e| Error::Setup(e.to_string()))?;
+    let bare_b = ipnet::IpNet::new(IpAddr::V4((last + 2).into()), pool.cidr.prefix_len())
+        .map_err(|e| Error::Setup(e.to_string()))?;
 
     let stop = AtomicBool::new(false);
     let name = format!("bd{}", std::process::id());
@@ -215,13 +229,25 @@ pub fn run_datapath(n: usize, dirs: &PluginDirs, opts: &Options) -> Result<Repor
             let lab = Lab::up(topo.clone(), &options(&name, dirs, Serve::Nothing), &|_| {}).map_err(lab_err)?;
             bare_pod(&lab, dirs, &ua.node, "bare-a", bare_a)?;
             bare_pod(&lab, dirs, &ub.node, "bare-b", bare_b)?;
-            let ip = |pod: &str| lab.state.pods.get(pod).and_then(|p| p.primary_ip()).ok_or_else(|| Error::Setup(format!("no pod {pod}")));
+            let ip = |pod: &str| {
+                lab.state
+                    .pods
+                    .get(pod)
+                    .and_then(|p| p.primary_ip())
+                    .ok_or_else(|| Error::Setup(format!("no pod {pod}")))
+            };
             let (ub_ip, o1, o2) = (ip("underlay3")?, ip("overlay1")?, ip("overlay2")?);
             let paths: Vec<(&str, &str, Vec<&str>, IpAddr, u16)> = vec![
                 ("bare macvlan → bare macvlan (reference)", "bare-a", vec!["bare-b"], bare_b.addr(), IPERF_PORT),
                 ("underlay → underlay (macvlan + coordinator)", "underlay1", vec!["underlay3"], ub_ip, IPERF_PORT),
                 ("overlay → overlay across nodes", "overlay1", vec!["overlay2"], o2, IPERF_PORT),
-                ("underlay → ClusterIP (overlay endpoint on another node)", "underlay1", vec!["overlay2"], cluster_ip, IPERF_PORT),
+                (
+                    "underlay → ClusterIP (overlay endpoint on another node)",
+                    "underlay1",
+                    vec!["overlay2"],
+                    cluster_ip,
+                    IPERF_PORT,
+                ),
             ];
             let mut tput: Vec<Samples> = paths.iter().map(|_| Samples::new()).collect();
             // Alternate the paths run by run, so the machine's noise hits them alike.
@@ -263,7 +289,9 @@ pub fn run_datapath(n: usize, dirs: &PluginDirs, opts: &Options) -> Result<Repor
                 }
                 report.results.push(row);
             }
-            report.results.push(Row::plain("echo round trip: underlay → underlay across nodes (connect + echo)", &rtt_bare));
+            report
+                .results
+                .push(Row::plain("echo round trip: underlay → underlay across nodes (connect + echo)", &rtt_bare));
             report.results.push(Row::plain("echo round trip: overlay → overlay across nodes", &rtt_overlay));
             report.results.push(Row::plain("echo round trip: underlay → overlay on its node", &rtt_ul_ol));
             report.notes.push(format!("iperf3 TCP, {IPERF_SECONDS} s per run, paths alternated run by run; throughput rows give Gbit/s in the median/p99 columns"));

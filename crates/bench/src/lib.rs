@@ -19,8 +19,8 @@
 //! namespaces whose names carry the run's pid, removed at the end, on errors, and on
 //! Ctrl-C/SIGTERM ([`signals`]); the root namespace is never touched.
 
-pub mod cni;
 mod chain;
+pub mod cni;
 mod etcd;
 pub mod ipam;
 pub mod lab;

@@ -56,7 +56,13 @@ impl Row {
 
     /// A row compared with `reference` (whose median is `ref_median_ms`); with `max_ratio`,
     /// the target "≤ max_ratio× reference" is checked.
-    pub fn versus(name: impl Into<String>, s: &Samples, reference: &str, ref_median_ms: f64, max_ratio: Option<f64>) -> Row {
+    pub fn versus(
+        name: impl Into<String>,
+        s: &Samples,
+        reference: &str,
+        ref_median_ms: f64,
+        max_ratio: Option<f64>,
+    ) -> Row {
         let ratio = if ref_median_ms > 0.0 { Some(round(s.median() / ref_median_ms)) } else { None };
         let mut row = Row { reference: Some(reference.to_string()), ratio, ..Row::plain(name, s) };
         if let Some(max) = max_ratio {

@@ -12,11 +12,8 @@ use serde_json::Value;
 fn knit_bench(args: &[&str]) -> (bool, Value, String, u32) {
     let mut cmd = Command::new(bin("knit"));
     cmd.arg("bench").args(args);
-    let child = cmd
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn knit");
+    let child =
+        cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().expect("spawn knit");
     let pid = child.id();
     let out = child.wait_with_output().expect("wait for knit");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -35,16 +32,23 @@ fn check_shape(v: &Value, suite: &str) -> Vec<String> {
         // "X - floor" rows are paired differences: with a handful of samples, noise can make
         // them negative.
         let difference = name.as_str().is_some_and(|n| n.contains(" - "));
-        assert!(r["median_ms"].as_f64().is_some_and(|x| x.is_finite() && (difference || x >= 0.0)), "{name}: median_ms");
+        assert!(
+            r["median_ms"].as_f64().is_some_and(|x| x.is_finite() && (difference || x >= 0.0)),
+            "{name}: median_ms"
+        );
         assert!(r["p99_ms"].as_f64().is_some_and(|x| x.is_finite() && (difference || x >= 0.0)), "{name}: p99_ms");
         let obj = r.as_object().expect("result object");
-        assert!(obj.contains_key("reference") && obj.contains_key("ratio"), "{name}: reference and ratio are always present");
+        assert!(
+            obj.contains_key("reference") && obj.contains_key("ratio"),
+            "{name}: reference and ratio are always present"
+        );
         match &r["reference"] {
             Value::Null => assert!(r["ratio"].is_null(), "{name}: a ratio needs a reference"),
             Value::String(reference) => {
                 assert!(names.contains(reference), "{name}: reference {reference:?} is not a row");
                 // A difference row's reference can come out at or below zero: no ratio then.
-                let ok = r["ratio"].as_f64().is_some_and(|x| x.is_finite() && (difference || x > 0.0)) || (difference && r["ratio"].is_null());
+                let ok = r["ratio"].as_f64().is_some_and(|x| x.is_finite() && (difference || x > 0.0))
+                    || (difference && r["ratio"].is_null());
                 assert!(ok, "{name}: ratio {}", r["ratio"]);
             }
             other => panic!("{name}: reference {other}"),
@@ -105,11 +109,23 @@ fn ipam_json_shape() {
     assert_eq!(conc["met"], true, "8 concurrent knit-ipam processes gave duplicate addresses: {conc}");
     assert!(conc["ops_per_s"].as_f64().is_some_and(|x| x > 0.0));
     // The etcd store rounds (etcd-server is one of the packages the tests need).
-    let etcd = v["results"].as_array().unwrap().iter().find(|r| r["name"] == ipam::rows::KE_ADD_C).unwrap_or_else(|| panic!("no etcd rows in {names:?}"));
+    let etcd = v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == ipam::rows::KE_ADD_C)
+        .unwrap_or_else(|| panic!("no etcd rows in {names:?}"));
     assert_eq!(etcd["met"], true, "8 concurrent knit-ipam processes on etcd gave duplicate addresses: {etcd}");
     assert!(names.iter().any(|n| n == ipam::rows::KE_ADD), "{names:?}");
     assert_no_namespaces_left(pid);
-    let leftovers: Vec<_> = std::fs::read_dir("/dev/shm").map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with(&format!("knit-bench-etcd-{pid}-"))).collect()).unwrap_or_default();
+    let leftovers: Vec<_> = std::fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&format!("knit-bench-etcd-{pid}-")))
+                .collect()
+        })
+        .unwrap_or_default();
     assert!(leftovers.is_empty(), "etcd data left behind: {leftovers:?}");
 }
 

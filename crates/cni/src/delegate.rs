@@ -16,14 +16,8 @@ use crate::types::CniResult;
 /// Finds the plugin binary `plugin_type` in `dirs`. A type containing `/` is code 7; a missing
 /// binary is code 5 naming the type and the searched directories.
 pub fn find_plugin(plugin_type: &str, dirs: &[PathBuf]) -> Result<PathBuf, CniError> {
-    if plugin_type.is_empty()
-        || plugin_type.contains('/')
-        || plugin_type == "."
-        || plugin_type == ".."
-    {
-        return Err(CniError::invalid_config(format!(
-            "invalid plugin type {plugin_type:?}"
-        )));
+    if plugin_type.is_empty() || plugin_type.contains('/') || plugin_type == "." || plugin_type == ".." {
+        return Err(CniError::invalid_config(format!("invalid plugin type {plugin_type:?}")));
     }
     for dir in dirs {
         let candidate = dir.join(plugin_type);
@@ -32,13 +26,7 @@ pub fn find_plugin(plugin_type: &str, dirs: &[PathBuf]) -> Result<PathBuf, CniEr
         }
     }
     let searched: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
-    Err(CniError::new(
-        code::IO,
-        format!(
-            "failed to find plugin {plugin_type:?} in path [{}]",
-            searched.join(" ")
-        ),
-    ))
+    Err(CniError::new(code::IO, format!("failed to find plugin {plugin_type:?} in path [{}]", searched.join(" "))))
 }
 
 fn is_executable_file(path: &Path) -> bool {
@@ -69,9 +57,7 @@ pub fn exec_plugin(
     for (k, v) in vars {
         cmd.env(k, v);
     }
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = spawn_retrying(&mut cmd, plugin)?;
     // Write stdin from a thread so a plugin that prints before reading cannot deadlock us.
     let writer = child.stdin.take().map(|mut pipe| {
@@ -89,10 +75,7 @@ pub fn exec_plugin(
     if !output.stderr.is_empty() {
         let _ = std::io::stderr().write_all(&output.stderr);
     }
-    let name = plugin
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = plugin.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     tracing::debug!(plugin = %name, command, status = ?output.status, "plugin finished");
     if output.status.success() {
         if output.stdout.iter().all(u8::is_ascii_whitespace) {
@@ -100,11 +83,7 @@ pub fn exec_plugin(
         }
         return serde_json::from_slice(&output.stdout)
             .map(Some)
-            .map_err(|e| {
-                CniError::decode(format!(
-                    "decoding output of plugin {name:?} ({command}): {e}"
-                ))
-            });
+            .map_err(|e| CniError::decode(format!("decoding output of plugin {name:?} ({command}): {e}")));
     }
     match serde_json::from_slice::<CniError>(&output.stdout) {
         Ok(err) => Err(err),
@@ -114,11 +93,7 @@ pub fn exec_plugin(
             Err(CniError::generic(format!(
                 "plugin {name:?} ({command}) failed with {}: {}",
                 output.status,
-                if stdout.trim().is_empty() {
-                    stderr.trim()
-                } else {
-                    stdout.trim()
-                }
+                if stdout.trim().is_empty() { stderr.trim() } else { stdout.trim() }
             )))
         }
     }
@@ -134,24 +109,14 @@ fn spawn_retrying(cmd: &mut Process, plugin: &Path) -> Result<std::process::Chil
                 attempt += 1;
                 std::thread::sleep(Duration::from_millis(100 * attempt));
             }
-            Err(e) => {
-                return Err(CniError::io(
-                    format_args!("executing plugin {}", plugin.display()),
-                    e,
-                ))
-            }
+            Err(e) => return Err(CniError::io(format_args!("executing plugin {}", plugin.display()), e)),
         }
     }
 }
 
 /// Runs plugin `plugin_type` (found on the caller's CNI_PATH) for `command` with the caller's
 /// CNI_* variables and `stdin`.
-pub fn delegate(
-    plugin_type: &str,
-    command: Command,
-    args: &CmdArgs,
-    stdin: &[u8],
-) -> Result<Option<Value>, CniError> {
+pub fn delegate(plugin_type: &str, command: Command, args: &CmdArgs, stdin: &[u8]) -> Result<Option<Value>, CniError> {
     let path = find_plugin(plugin_type, &args.path)?;
     exec_plugin(&path, command.as_str(), &args.env_vars(), stdin)
 }
@@ -161,12 +126,8 @@ pub fn delegate(
 pub fn ipam_add(args: &CmdArgs) -> Result<CniResult, CniError> {
     let ipam = args.conf.ipam_type()?;
     match delegate(ipam, Command::Add, args, &args.stdin)? {
-        Some(v) => {
-            CniResult::from_value(&v).map_err(|e| e.context(format_args!("IPAM plugin {ipam:?}")))
-        }
-        None => Err(CniError::decode(format!(
-            "IPAM plugin {ipam:?} returned no result"
-        ))),
+        Some(v) => CniResult::from_value(&v).map_err(|e| e.context(format_args!("IPAM plugin {ipam:?}"))),
+        None => Err(CniError::decode(format!("IPAM plugin {ipam:?} returned no result"))),
     }
 }
 

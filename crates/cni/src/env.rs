@@ -13,14 +13,7 @@ pub const CNI_PATH: &str = "CNI_PATH";
 
 /// Every CNI_* variable; a child plugin's environment is cleared of these before the ones it
 /// is given are set.
-pub const ALL_VARS: &[&str] = &[
-    CNI_COMMAND,
-    CNI_CONTAINERID,
-    CNI_NETNS,
-    CNI_IFNAME,
-    CNI_ARGS,
-    CNI_PATH,
-];
+pub const ALL_VARS: &[&str] = &[CNI_COMMAND, CNI_CONTAINERID, CNI_NETNS, CNI_IFNAME, CNI_ARGS, CNI_PATH];
 
 /// Parses `CNI_ARGS`: `;`-separated `KEY=VALUE` pairs. Empty segments are skipped; a segment
 /// without `=` or with an empty key is a code 4 error.
@@ -29,33 +22,22 @@ pub fn parse_cni_args(s: &str) -> Result<Vec<(String, String)>, CniError> {
         .filter(|seg| !seg.is_empty())
         .map(|seg| match seg.split_once('=') {
             Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-            _ => Err(CniError::invalid_env(format!(
-                "invalid CNI_ARGS pair {seg:?}"
-            ))),
+            _ => Err(CniError::invalid_env(format!("invalid CNI_ARGS pair {seg:?}"))),
         })
         .collect()
 }
 
 /// Formats pairs back into `CNI_ARGS` form.
 pub fn format_cni_args(args: &[(String, String)]) -> String {
-    args.iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(";")
+    args.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(";")
 }
 
 /// Splits a `:`-separated path list (`CNI_PATH`), dropping empty entries.
 pub fn split_path(s: &str) -> Vec<PathBuf> {
-    s.split(':')
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from)
-        .collect()
+    s.split(':').filter(|p| !p.is_empty()).map(PathBuf::from).collect()
 }
 
 /// Joins directories into a `:`-separated `CNI_PATH`.
 pub fn join_path(dirs: &[PathBuf]) -> String {
-    dirs.iter()
-        .map(|d| d.to_string_lossy().into_owned())
-        .collect::<Vec<_>>()
-        .join(":")
+    dirs.iter().map(|d| d.to_string_lossy().into_owned()).collect::<Vec<_>>().join(":")
 }

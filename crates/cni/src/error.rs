@@ -36,11 +36,7 @@ pub mod code {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("{msg} (CNI error {code}){}", details_suffix(.details))]
 pub struct CniError {
-    #[serde(
-        rename = "cniVersion",
-        default,
-        skip_serializing_if = "String::is_empty"
-    )]
+    #[serde(rename = "cniVersion", default, skip_serializing_if = "String::is_empty")]
     pub cni_version: String,
     pub code: u32,
     #[serde(default)]
@@ -59,12 +55,7 @@ fn details_suffix(details: &str) -> String {
 
 impl CniError {
     pub fn new(code: u32, msg: impl Into<String>) -> Self {
-        CniError {
-            cni_version: String::new(),
-            code,
-            msg: msg.into(),
-            details: String::new(),
-        }
+        CniError { cni_version: String::new(), code, msg: msg.into(), details: String::new() }
     }
 
     pub fn with_details(mut self, details: impl Into<String>) -> Self {

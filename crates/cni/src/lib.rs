@@ -16,7 +16,6 @@ pub use error::{code, CniError};
 pub use runtime::{parse_cni_args, Runtime, RuntimeArgs};
 pub use skel::{CmdArgs, Command, Plugin};
 pub use types::{
-    parse_conf, Attachment, CniResult, Dns, Interface, IpConfig, IpamConf, NetConfList, PluginConf,
-    Route,
+    parse_conf, Attachment, CniResult, Dns, Interface, IpConfig, IpamConf, NetConfList, PluginConf, Route,
 };
 pub use version::{CURRENT_VERSION, SUPPORTED_VERSIONS};

@@ -18,7 +18,8 @@ use tracing::{Event, Level, Metadata};
 
 /// Sets up `tracing` once for a plugin process (see the module doc).
 pub fn init() {
-    let file = std::env::var_os("KNIT_LOG_FILE").and_then(|p| std::fs::OpenOptions::new().create(true).append(true).open(p).ok());
+    let file = std::env::var_os("KNIT_LOG_FILE")
+        .and_then(|p| std::fs::OpenOptions::new().create(true).append(true).open(p).ok());
     if std::env::var_os("KNIT_LOG").is_none() {
         let logger = match file {
             Some(f) => LineLogger::new(Level::INFO, Box::new(f)),

@@ -68,10 +68,7 @@ pub struct Runtime {
 
 impl Runtime {
     pub fn new(cni_path: Vec<PathBuf>, state_dir: impl Into<PathBuf>) -> Runtime {
-        Runtime {
-            cni_path,
-            state_dir: state_dir.into(),
-        }
+        Runtime { cni_path, state_dir: state_dir.into() }
     }
 
     /// `$CNI_PATH` if set and non-empty, else `/opt/cni/bin:/usr/lib/cni`.
@@ -151,14 +148,12 @@ impl Runtime {
         if list.disable_check {
             return Ok(());
         }
-        let cached = self
-            .cached_entry(&list.name, &rt.container_id, &rt.ifname)?
-            .ok_or_else(|| {
-                CniError::unknown_container(format!(
-                    "no cached ADD result for network {:?}, container {:?}, interface {:?}",
-                    list.name, rt.container_id, rt.ifname
-                ))
-            })?;
+        let cached = self.cached_entry(&list.name, &rt.container_id, &rt.ifname)?.ok_or_else(|| {
+            CniError::unknown_container(format!(
+                "no cached ADD result for network {:?}, container {:?}, interface {:?}",
+                list.name, rt.container_id, rt.ifname
+            ))
+        })?;
         for (i, plugin) in list.plugins.iter().enumerate() {
             let conf = plugin_config(list, i, &version, Some(rt), Some(&cached.result))?;
             self.exec(plugin, Command::Check, &conf, Some(rt))?;
@@ -190,10 +185,7 @@ impl Runtime {
         let mut errors = Vec::new();
         let keep: BTreeSet<&Attachment> = valid.iter().collect();
         for entry in self.cached_attachments(&list.name)? {
-            let att = Attachment {
-                container_id: entry.container_id.clone(),
-                ifname: entry.ifname.clone(),
-            };
+            let att = Attachment { container_id: entry.container_id.clone(), ifname: entry.ifname.clone() };
             if keep.contains(&att) {
                 continue;
             }
@@ -211,8 +203,8 @@ impl Runtime {
                 errors.push(e);
             }
         }
-        let attachments = serde_json::to_value(valid)
-            .map_err(|e| CniError::decode(format!("encoding attachments: {e}")))?;
+        let attachments =
+            serde_json::to_value(valid).map_err(|e| CniError::decode(format!("encoding attachments: {e}")))?;
         for (i, plugin) in list.plugins.iter().enumerate() {
             let mut conf = plugin_config(list, i, &version, None, None)?;
             if let Value::Object(m) = &mut conf {
@@ -227,15 +219,8 @@ impl Runtime {
     }
 
     /// The cached final ADD result of an attachment.
-    pub fn cached_result(
-        &self,
-        network: &str,
-        container_id: &str,
-        ifname: &str,
-    ) -> Result<Option<Value>, CniError> {
-        Ok(self
-            .cached_entry(network, container_id, ifname)?
-            .map(|e| e.result))
+    pub fn cached_result(&self, network: &str, container_id: &str, ifname: &str) -> Result<Option<Value>, CniError> {
+        Ok(self.cached_entry(network, container_id, ifname)?.map(|e| e.result))
     }
 
     /// The cache entry of an attachment.
@@ -265,19 +250,15 @@ impl Runtime {
         };
         let mut out = Vec::new();
         for dirent in entries {
-            let dirent =
-                dirent.map_err(|e| CniError::io(format_args!("listing {}", dir.display()), e))?;
+            let dirent = dirent.map_err(|e| CniError::io(format_args!("listing {}", dir.display()), e))?;
             let path = dirent.path();
-            if path
-                .file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-            {
+            if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) {
                 continue;
             }
-            match std::fs::read(&path).map_err(CniError::from).and_then(|b| {
-                serde_json::from_slice::<CacheEntry>(&b)
-                    .map_err(|e| CniError::decode(e.to_string()))
-            }) {
+            match std::fs::read(&path)
+                .map_err(CniError::from)
+                .and_then(|b| serde_json::from_slice::<CacheEntry>(&b).map_err(|e| CniError::decode(e.to_string())))
+            {
                 Ok(entry) if entry.network_name == network => out.push(entry),
                 Ok(_) => {}
                 Err(e) => tracing::warn!("skipping cache file {}: {e}", path.display()),
@@ -292,26 +273,18 @@ impl Runtime {
     }
 
     fn cache_path(&self, network: &str, container_id: &str, ifname: &str) -> PathBuf {
-        self.results_dir()
-            .join(format!("{network}-{container_id}-{ifname}"))
+        self.results_dir().join(format!("{network}-{container_id}-{ifname}"))
     }
 
     fn write_cache(&self, entry: &CacheEntry) -> Result<(), CniError> {
         let dir = self.results_dir();
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| CniError::io(format_args!("creating {}", dir.display()), e))?;
+        std::fs::create_dir_all(&dir).map_err(|e| CniError::io(format_args!("creating {}", dir.display()), e))?;
         let path = self.cache_path(&entry.network_name, &entry.container_id, &entry.ifname);
-        let bytes = serde_json::to_vec(entry)
-            .map_err(|e| CniError::decode(format!("encoding cache: {e}")))?;
+        let bytes = serde_json::to_vec(entry).map_err(|e| CniError::decode(format!("encoding cache: {e}")))?;
         write_atomic(&path, &bytes)
     }
 
-    fn remove_cache(
-        &self,
-        network: &str,
-        container_id: &str,
-        ifname: &str,
-    ) -> Result<(), CniError> {
+    fn remove_cache(&self, network: &str, container_id: &str, ifname: &str) -> Result<(), CniError> {
         let path = self.cache_path(network, container_id, ifname);
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(()),
@@ -346,8 +319,7 @@ impl Runtime {
             vars.push((env::CNI_IFNAME.into(), rt.ifname.clone()));
             vars.push((env::CNI_ARGS.into(), env::format_cni_args(&rt.args)));
         }
-        let stdin = serde_json::to_vec(conf)
-            .map_err(|e| CniError::decode(format!("encoding config: {e}")))?;
+        let stdin = serde_json::to_vec(conf).map_err(|e| CniError::decode(format!("encoding config: {e}")))?;
         tracing::debug!(plugin = ty, command = %command, "running plugin");
         exec_plugin(&path, command.as_str(), &vars, &stdin)
     }
@@ -363,9 +335,10 @@ pub fn plugin_config(
     rt: Option<&RuntimeArgs>,
     prev_result: Option<&Value>,
 ) -> Result<Value, CniError> {
-    let plugin = list.plugins.get(index).ok_or_else(|| {
-        CniError::invalid_config(format!("no plugin {index} in network {:?}", list.name))
-    })?;
+    let plugin = list
+        .plugins
+        .get(index)
+        .ok_or_else(|| CniError::invalid_config(format!("no plugin {index} in network {:?}", list.name)))?;
     let mut conf = plugin.clone();
     conf.insert("cniVersion".into(), Value::String(version.to_string()));
     conf.insert("name".into(), Value::String(list.name.clone()));
@@ -410,16 +383,8 @@ fn join_errors(mut errors: Vec<CniError>) -> Result<(), CniError> {
         1 => Err(errors.remove(0)),
         _ => {
             let first = errors[0].code;
-            let code = if errors.iter().all(|e| e.code == first) {
-                first
-            } else {
-                code::GENERIC
-            };
-            let msg = errors
-                .iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join("; ");
+            let code = if errors.iter().all(|e| e.code == first) { first } else { code::GENERIC };
+            let msg = errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ");
             Err(CniError::new(code, msg))
         }
     }
@@ -429,10 +394,7 @@ fn join_errors(mut errors: Vec<CniError>) -> Result<(), CniError> {
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CniError> {
     use std::io::Write;
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;

@@ -50,12 +50,7 @@ impl Command {
     /// The variables that must be set and non-empty for this verb (besides CNI_COMMAND).
     pub fn required_env(self) -> &'static [&'static str] {
         match self {
-            Command::Add | Command::Check => &[
-                env::CNI_CONTAINERID,
-                env::CNI_NETNS,
-                env::CNI_IFNAME,
-                env::CNI_PATH,
-            ],
+            Command::Add | Command::Check => &[env::CNI_CONTAINERID, env::CNI_NETNS, env::CNI_IFNAME, env::CNI_PATH],
             Command::Del => &[env::CNI_CONTAINERID, env::CNI_IFNAME, env::CNI_PATH],
             Command::Status | Command::Gc => &[env::CNI_PATH],
             Command::Version => &[],
@@ -97,10 +92,7 @@ pub struct CmdArgs {
 impl CmdArgs {
     /// The value of a `CNI_ARGS` key.
     pub fn arg(&self, key: &str) -> Option<&str> {
-        self.args
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+        self.args.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 
     /// The parsed `prevResult`, if any.
@@ -169,10 +161,7 @@ pub fn run_with<P: Plugin>(
     let command = env(env::CNI_COMMAND).unwrap_or_default();
     if command.is_empty() && !about.is_empty() {
         eprintln!("{about}");
-        eprintln!(
-            "CNI protocol versions supported: {}",
-            plugin.supported_versions().join(", ")
-        );
+        eprintln!("CNI protocol versions supported: {}", plugin.supported_versions().join(", "));
         return 0;
     }
     match dispatch(plugin, &env, stdin) {
@@ -200,11 +189,7 @@ pub fn run_with<P: Plugin>(
 fn reply_version(stdin: &[u8], supported: &[&str]) -> String {
     serde_json::from_slice::<Value>(stdin)
         .ok()
-        .and_then(|v| {
-            v.get("cniVersion")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        })
+        .and_then(|v| v.get("cniVersion").and_then(Value::as_str).map(str::to_string))
         .filter(|v| supported.contains(&v.as_str()))
         .unwrap_or_else(|| version::CURRENT_VERSION.to_string())
 }
@@ -221,12 +206,7 @@ fn dispatch<P: Plugin>(
     }
     let command = Command::parse(&raw_command)
         .ok_or_else(|| CniError::invalid_env(format!("unknown CNI_COMMAND: {raw_command}")))?;
-    let missing: Vec<&str> = command
-        .required_env()
-        .iter()
-        .copied()
-        .filter(|k| get(k).is_empty())
-        .collect();
+    let missing: Vec<&str> = command.required_env().iter().copied().filter(|k| get(k).is_empty()).collect();
     if !missing.is_empty() {
         return Err(missing_vars(&missing));
     }
@@ -279,10 +259,7 @@ fn dispatch<P: Plugin>(
 }
 
 fn missing_vars(names: &[&str]) -> CniError {
-    CniError::invalid_env(format!(
-        "required env variables [{}] missing",
-        names.join(",")
-    ))
+    CniError::invalid_env(format!("required env variables [{}] missing", names.join(",")))
 }
 
 /// The VERSION reply, `{"cniVersion":…,"supportedVersions":[…]}`, as JSON.

@@ -44,10 +44,7 @@ impl NetConfList {
         let list: NetConfList = parse_conf(bytes)?;
         crate::validate::network_name(&list.name)?;
         if list.plugins.is_empty() {
-            return Err(CniError::invalid_config(format!(
-                "network {:?}: no plugins in list",
-                list.name
-            )));
+            return Err(CniError::invalid_config(format!("network {:?}: no plugins in list", list.name)));
         }
         for (i, p) in list.plugins.iter().enumerate() {
             match p.get("type") {
@@ -67,24 +64,18 @@ impl NetConfList {
     /// (1.1), else `cniVersion`. Code 1 when none is supported.
     pub fn negotiated_version(&self, supported: &[&str]) -> Result<String, CniError> {
         if !self.cni_versions.is_empty() {
-            return version::highest_supported(
-                self.cni_versions.iter().map(String::as_str),
-                supported,
-            )
-            .ok_or_else(|| {
-                CniError::incompatible_version(format!(
-                    "network {:?}: none of cniVersions [{}] is supported",
-                    self.name,
-                    self.cni_versions.join(" ")
-                ))
-                .with_details(format!("supported: [{}]", supported.join(" ")))
-            });
+            return version::highest_supported(self.cni_versions.iter().map(String::as_str), supported).ok_or_else(
+                || {
+                    CniError::incompatible_version(format!(
+                        "network {:?}: none of cniVersions [{}] is supported",
+                        self.name,
+                        self.cni_versions.join(" ")
+                    ))
+                    .with_details(format!("supported: [{}]", supported.join(" ")))
+                },
+            );
         }
-        let v = if self.cni_version.is_empty() {
-            version::IMPLICIT_VERSION
-        } else {
-            &self.cni_version
-        };
+        let v = if self.cni_version.is_empty() { version::IMPLICIT_VERSION } else { &self.cni_version };
         if supported.contains(&v) {
             Ok(v.to_string())
         } else {
@@ -157,8 +148,7 @@ impl PluginConf {
         self.prev_result
             .as_ref()
             .map(|v| {
-                CniResult::deserialize(v)
-                    .map_err(|e| CniError::invalid_config(format!("invalid prevResult: {e}")))
+                CniResult::deserialize(v).map_err(|e| CniError::invalid_config(format!("invalid prevResult: {e}")))
             })
             .transpose()
     }
@@ -175,8 +165,8 @@ impl PluginConf {
 /// Parses a configuration from stdin bytes: JSON syntax errors are code 6, shape and type errors
 /// are code 7 with the offending top-level field named in the message.
 pub fn parse_conf<T: DeserializeOwned>(stdin: &[u8]) -> Result<T, CniError> {
-    let value: Value = serde_json::from_slice(stdin)
-        .map_err(|e| CniError::decode(format!("error parsing configuration: {e}")))?;
+    let value: Value =
+        serde_json::from_slice(stdin).map_err(|e| CniError::decode(format!("error parsing configuration: {e}")))?;
     from_value_named(&value)
 }
 
@@ -188,9 +178,7 @@ pub fn from_value_named<T: DeserializeOwned>(value: &Value) -> Result<T, CniErro
     };
     let msg = err.to_string();
     if msg.starts_with("missing field") {
-        return Err(CniError::invalid_config(format!(
-            "invalid configuration: {msg}"
-        )));
+        return Err(CniError::invalid_config(format!("invalid configuration: {msg}")));
     }
     // Find the top-level key whose removal makes the error go away (or turns it into "missing
     // field `key`"): that key holds a value of the wrong shape.
@@ -200,20 +188,14 @@ pub fn from_value_named<T: DeserializeOwned>(value: &Value) -> Result<T, CniErro
             without.remove(key);
             let blamed = match T::deserialize(&Value::Object(without)) {
                 Ok(_) => true,
-                Err(e2) => e2
-                    .to_string()
-                    .starts_with(&format!("missing field `{key}`")),
+                Err(e2) => e2.to_string().starts_with(&format!("missing field `{key}`")),
             };
             if blamed {
-                return Err(CniError::invalid_config(format!(
-                    "invalid configuration: field {key:?}: {msg}"
-                )));
+                return Err(CniError::invalid_config(format!("invalid configuration: field {key:?}: {msg}")));
             }
         }
     }
-    Err(CniError::invalid_config(format!(
-        "invalid configuration: {msg}"
-    )))
+    Err(CniError::invalid_config(format!("invalid configuration: {msg}")))
 }
 
 /// Serialises like Go's `json.MarshalIndent(v, "", "    ")`.
@@ -221,8 +203,7 @@ pub fn to_go_json<T: Serialize + ?Sized>(v: &T) -> Result<String, CniError> {
     let mut out = Vec::new();
     let fmt = serde_json::ser::PrettyFormatter::with_indent(b"    ");
     let mut ser = serde_json::Serializer::with_formatter(&mut out, fmt);
-    v.serialize(&mut ser)
-        .map_err(|e| CniError::new(code::DECODE, format!("encoding JSON: {e}")))?;
+    v.serialize(&mut ser).map_err(|e| CniError::new(code::DECODE, format!("encoding JSON: {e}")))?;
     String::from_utf8(out).map_err(|e| CniError::new(code::DECODE, format!("encoding JSON: {e}")))
 }
 
@@ -282,15 +263,7 @@ pub struct Route {
 
 impl Route {
     pub fn new(dst: IpNet, gw: Option<IpAddr>) -> Route {
-        Route {
-            dst,
-            gw,
-            mtu: None,
-            advmss: None,
-            priority: None,
-            table: None,
-            scope: None,
-        }
+        Route { dst, gw, mtu: None, advmss: None, priority: None, table: None, scope: None }
     }
 }
 
@@ -331,11 +304,7 @@ impl CniResult {
         let v = Version::parse(version)?;
         let mut out = self.clone();
         out.cni_version = version.to_string();
-        if v < (Version {
-            major: 1,
-            minor: 1,
-            patch: 0,
-        }) {
+        if v < (Version { major: 1, minor: 1, patch: 0 }) {
             for i in &mut out.interfaces {
                 i.mtu = None;
                 i.socket_path = None;
@@ -345,17 +314,12 @@ impl CniResult {
                 *r = Route::new(r.dst, r.gw);
             }
         }
-        let mut value = serde_json::to_value(&out)
-            .map_err(|e| CniError::decode(format!("encoding result: {e}")))?;
+        let mut value = serde_json::to_value(&out).map_err(|e| CniError::decode(format!("encoding result: {e}")))?;
         if v.major == 0 {
             if let Some(Value::Array(ips)) = value.get_mut("ips") {
                 for (ip, cfg) in ips.iter_mut().zip(&self.ips) {
                     if let Value::Object(m) = ip {
-                        let fam = if cfg.address.addr().is_ipv4() {
-                            "4"
-                        } else {
-                            "6"
-                        };
+                        let fam = if cfg.address.addr().is_ipv4() { "4" } else { "6" };
                         let mut with_version = Map::new();
                         with_version.insert("version".into(), Value::String(fam.into()));
                         with_version.extend(std::mem::take(m));
@@ -388,15 +352,11 @@ pub const LEGACY_ATTACHMENTS_KEY: &str = "cni.dev/attachments";
 impl PluginConf {
     /// GC's valid attachments, from either key (code 7 if malformed).
     pub fn valid_attachments(&self) -> Result<Vec<Attachment>, CniError> {
-        let raw = self
-            .extra
-            .get(VALID_ATTACHMENTS_KEY)
-            .or_else(|| self.extra.get(LEGACY_ATTACHMENTS_KEY));
+        let raw = self.extra.get(VALID_ATTACHMENTS_KEY).or_else(|| self.extra.get(LEGACY_ATTACHMENTS_KEY));
         match raw {
             None => Ok(Vec::new()),
-            Some(v) => Vec::<Attachment>::deserialize(v).map_err(|e| {
-                CniError::invalid_config(format!("invalid {VALID_ATTACHMENTS_KEY}: {e}"))
-            }),
+            Some(v) => Vec::<Attachment>::deserialize(v)
+                .map_err(|e| CniError::invalid_config(format!("invalid {VALID_ATTACHMENTS_KEY}: {e}"))),
         }
     }
 }

@@ -21,9 +21,7 @@ pub fn container_id(id: &str) -> Result<(), CniError> {
         return Err(CniError::unknown_container("missing containerID"));
     }
     if !is_safe_name(id) {
-        return Err(CniError::invalid_env(format!(
-            "invalid characters in containerID {id:?}"
-        )));
+        return Err(CniError::invalid_env(format!("invalid characters in containerID {id:?}")));
     }
     Ok(())
 }
@@ -34,9 +32,7 @@ pub fn network_name(name: &str) -> Result<(), CniError> {
         return Err(CniError::invalid_config("missing network name"));
     }
     if !is_safe_name(name) {
-        return Err(CniError::invalid_config(format!(
-            "invalid characters found in network name {name:?}"
-        )));
+        return Err(CniError::invalid_config(format!("invalid characters found in network name {name:?}")));
     }
     Ok(())
 }
@@ -49,10 +45,7 @@ pub fn ifname(name: &str) -> Result<(), CniError> {
         Some("interface name is too long")
     } else if name == "." || name == ".." {
         Some("interface name is . or ..")
-    } else if name
-        .chars()
-        .any(|c| c == '/' || c == ':' || c.is_whitespace())
-    {
+    } else if name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
         Some("interface name contains / or : or whitespace characters")
     } else {
         None

@@ -29,9 +29,7 @@ impl Version {
         let mut parts = s.split('.');
         let mut next = |required: bool| -> Result<u32, CniError> {
             match parts.next() {
-                Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
-                    p.parse().map_err(|_| bad())
-                }
+                Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => p.parse().map_err(|_| bad()),
                 None if !required => Ok(0),
                 _ => Err(bad()),
             }
@@ -42,11 +40,7 @@ impl Version {
         if parts.next().is_some() {
             return Err(bad());
         }
-        Ok(Version {
-            major,
-            minor,
-            patch,
-        })
+        Ok(Version { major, minor, patch })
     }
 }
 
@@ -63,10 +57,7 @@ pub fn compare(a: &str, b: &str) -> Result<Ordering, CniError> {
 
 /// `version >= min`; false when either does not parse.
 pub fn at_least(version: &str, min: &str) -> bool {
-    matches!(
-        compare(version, min),
-        Ok(Ordering::Greater | Ordering::Equal)
-    )
+    matches!(compare(version, min), Ok(Ordering::Greater | Ordering::Equal))
 }
 
 /// Whether `version` is in [`SUPPORTED_VERSIONS`].
@@ -75,10 +66,7 @@ pub fn is_supported(version: &str) -> bool {
 }
 
 /// The highest of `candidates` that is also in `supported` (e.g. for a 1.1 `cniVersions` list).
-pub fn highest_supported<'a>(
-    candidates: impl IntoIterator<Item = &'a str>,
-    supported: &[&str],
-) -> Option<String> {
+pub fn highest_supported<'a>(candidates: impl IntoIterator<Item = &'a str>, supported: &[&str]) -> Option<String> {
     candidates
         .into_iter()
         .filter(|c| supported.contains(c))
@@ -89,8 +77,6 @@ pub fn highest_supported<'a>(
 
 /// The `details` of an incompatible-version error: the config's version and the supported set.
 pub fn incompatible(config_version: &str, supported: &[&str]) -> CniError {
-    CniError::incompatible_version("incompatible CNI versions").with_details(format!(
-        "config is {config_version:?}, plugin supports [{}]",
-        supported.join(" ")
-    ))
+    CniError::incompatible_version("incompatible CNI versions")
+        .with_details(format!("config is {config_version:?}, plugin supports [{}]", supported.join(" ")))
 }

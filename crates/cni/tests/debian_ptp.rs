@@ -21,16 +21,10 @@ struct Netns {
 
 impl Netns {
     fn new(role: &str) -> Netns {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
         let name = format!("kc-{role}-{}-{nanos:x}", std::process::id());
-        let ok = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
+        let ok = Command::new("ip").args(["netns", "add", &name]).status().map(|s| s.success()).unwrap_or(false);
         assert!(ok, "ip netns add {name} failed");
         Netns { name }
     }
@@ -41,15 +35,9 @@ impl Netns {
 
     /// Runs `ip <args>` inside this namespace and returns stdout.
     fn ip(&self, args: &[&str]) -> (bool, String) {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.name, "ip"])
-            .args(args)
-            .output()
-            .expect("ip netns exec");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
+        let out =
+            Command::new("ip").args(["netns", "exec", &self.name, "ip"]).args(args).output().expect("ip netns exec");
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// Runs `f` on a fresh thread that has joined this namespace; the thread then exits, so no
@@ -70,9 +58,7 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
     }
 }
 
@@ -92,11 +78,7 @@ fn captured(capture_dir: &Path, command: &str) -> Vec<String> {
     let mut out: Vec<String> = std::fs::read_dir(capture_dir)
         .expect("capture dir")
         .filter_map(Result::ok)
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with(&format!("{command}."))
-        })
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&format!("{command}.")))
         .map(|e| std::fs::read_to_string(e.path()).expect("read capture"))
         .collect();
     out.sort();
@@ -138,10 +120,7 @@ fn debian_ptp_host_local_through_runtime() {
         .as_bytes(),
     )
     .expect("conflist");
-    let runtime = Runtime::new(
-        vec![bin.clone(), PathBuf::from(DEBIAN_CNI)],
-        tmp.path().join("state"),
-    );
+    let runtime = Runtime::new(vec![bin.clone(), PathBuf::from(DEBIAN_CNI)], tmp.path().join("state"));
     let args = RuntimeArgs {
         container_id: "kc-ptp-ctr".into(),
         netns: pod.path().display().to_string(),
@@ -156,32 +135,17 @@ fn debian_ptp_host_local_through_runtime() {
     let printed = captured(&capture, "ADD");
     assert_eq!(printed.len(), 1);
     let printed = &printed[0];
-    assert_eq!(
-        result,
-        serde_json::from_str::<Value>(printed).expect("ptp output")
-    );
+    assert_eq!(result, serde_json::from_str::<Value>(printed).expect("ptp output"));
     assert_eq!(&to_go_json(&result).expect("print"), printed);
     let typed = CniResult::from_value(&result).expect("typed");
-    assert_eq!(
-        &typed.to_json_pretty("1.0.0").expect("typed print"),
-        printed,
-        "typed round trip is lossless"
-    );
-    assert_eq!(
-        runtime
-            .cached_result("kc-ptp", "kc-ptp-ctr", "eth0")
-            .expect("cache"),
-        Some(result.clone())
-    );
+    assert_eq!(&typed.to_json_pretty("1.0.0").expect("typed print"), printed, "typed round trip is lossless");
+    assert_eq!(runtime.cached_result("kc-ptp", "kc-ptp-ctr", "eth0").expect("cache"), Some(result.clone()));
 
     // The pod really got the address, the host veth the gateway.
     assert_eq!(typed.ips.len(), 1);
     let pod_ip = typed.ips[0].address.addr().to_string();
     let (ok, addrs) = pod.ip(&["-o", "addr", "show", "dev", "eth0"]);
-    assert!(
-        ok && addrs.contains(&pod_ip),
-        "pod eth0 lacks {pod_ip}: {addrs}"
-    );
+    assert!(ok && addrs.contains(&pod_ip), "pod eth0 lacks {pod_ip}: {addrs}");
     let host_veth = &typed.interfaces[0].name;
     let (ok, _) = node.ip(&["link", "show", "dev", host_veth]);
     assert!(ok, "host veth {host_veth} missing in the node netns");
@@ -194,23 +158,12 @@ fn debian_ptp_host_local_through_runtime() {
     assert!(!ok, "eth0 must be gone after DEL");
     let (ok, _) = node.ip(&["link", "show", "dev", host_veth]);
     assert!(!ok, "host veth must be gone after DEL");
-    assert_eq!(
-        runtime
-            .cached_result("kc-ptp", "kc-ptp-ctr", "eth0")
-            .expect("cache"),
-        None
-    );
+    assert_eq!(runtime.cached_result("kc-ptp", "kc-ptp-ctr", "eth0").expect("cache"), None);
     let leftovers: Vec<_> = std::fs::read_dir(tmp.path().join("ipam").join("kc-ptp"))
-        .map(|rd| {
-            rd.filter_map(Result::ok)
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
+        .map(|rd| rd.filter_map(Result::ok).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
         .unwrap_or_default();
     assert!(
-        leftovers
-            .iter()
-            .all(|n| n == "lock" || n.starts_with("last_reserved_ip")),
+        leftovers.iter().all(|n| n == "lock" || n.starts_with("last_reserved_ip")),
         "IP not released: {leftovers:?}"
     );
 }

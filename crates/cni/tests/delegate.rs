@@ -5,9 +5,7 @@ mod common;
 use std::path::PathBuf;
 
 use common::Sandbox;
-use knit_cni::delegate::{
-    exec_plugin, find_plugin, ipam_add, ipam_add_guarded, ipam_check, ipam_del, IpamGuard,
-};
+use knit_cni::delegate::{exec_plugin, find_plugin, ipam_add, ipam_add_guarded, ipam_check, ipam_del, IpamGuard};
 use knit_cni::skel::{CmdArgs, Command};
 use knit_cni::{code, parse_conf};
 use serde_json::{json, Value};
@@ -53,8 +51,7 @@ fn ipam_add_runs_the_ipam_type_with_full_config_and_same_env() {
     assert_eq!(calls[0]["netns"], "/var/run/netns/x");
     assert_eq!(calls[0]["args"], json!([["K8S_POD_NAME", "p"]]));
 
-    let err = ipam_check(&cmd_args(&sb, Command::Check, conf.clone()))
-        .expect_err("CHECK needs prevResult");
+    let err = ipam_check(&cmd_args(&sb, Command::Check, conf.clone())).expect_err("CHECK needs prevResult");
     assert!(err.msg.contains("prevResult"), "{err}");
     let mut with_prev = conf.clone();
     with_prev["prevResult"] = json!({"cniVersion": "1.1.0"});
@@ -77,21 +74,13 @@ fn ipam_errors_propagate_with_code_and_message() {
 #[test]
 fn missing_ipam_plugin_is_code_5_naming_type_and_dirs() {
     let sb = Sandbox::new(&[]);
-    let err =
-        ipam_add(&cmd_args(&sb, Command::Add, main_conf(&sb, json!({})))).expect_err("missing");
+    let err = ipam_add(&cmd_args(&sb, Command::Add, main_conf(&sb, json!({})))).expect_err("missing");
     assert_eq!(err.code, code::IO);
     assert!(err.msg.contains("fake-ipam"), "{err}");
-    assert!(
-        err.msg.contains("/nonexistent-dir") && err.msg.contains(&sb.bin().display().to_string()),
-        "{err}"
-    );
+    assert!(err.msg.contains("/nonexistent-dir") && err.msg.contains(&sb.bin().display().to_string()), "{err}");
 
-    let err = ipam_add(&cmd_args(
-        &sb,
-        Command::Add,
-        main_conf(&sb, json!({"type": "../../bin/sh"})),
-    ))
-    .expect_err("slash");
+    let err =
+        ipam_add(&cmd_args(&sb, Command::Add, main_conf(&sb, json!({"type": "../../bin/sh"})))).expect_err("slash");
     assert_eq!(err.code, code::INVALID_CONFIG);
     let err = find_plugin("a/b", &[sb.bin()]).expect_err("slash");
     assert_eq!(err.code, code::INVALID_CONFIG);
@@ -126,21 +115,16 @@ fn exec_plugin_outcomes() {
     let plugin = sb.bin().join("p");
     let vars = vec![("CNI_PATH".to_string(), "/x".to_string())];
     // VERSION output is returned as JSON.
-    let out =
-        exec_plugin(&plugin, "VERSION", &vars, br#"{"cniVersion":"1.0.0"}"#).expect("version");
+    let out = exec_plugin(&plugin, "VERSION", &vars, br#"{"cniVersion":"1.0.0"}"#).expect("version");
     assert_eq!(out.expect("some")["cniVersion"], "1.1.0");
     // Success without output is None.
     let conf = br#"{"cniVersion":"1.1.0","name":"n","type":"p"}"#;
-    assert_eq!(
-        exec_plugin(&plugin, "STATUS", &vars, conf).expect("status"),
-        None
-    );
+    assert_eq!(exec_plugin(&plugin, "STATUS", &vars, conf).expect("status"), None);
     // A plugin error comes back with its code.
     let err = exec_plugin(&plugin, "STATUS", &[], conf).expect_err("no CNI_PATH");
     assert_eq!(err.code, code::INVALID_ENV);
     // A failing program that prints no CNI error is code 999.
-    let err =
-        exec_plugin(std::path::Path::new("/bin/false"), "ADD", &vars, b"{}").expect_err("false");
+    let err = exec_plugin(std::path::Path::new("/bin/false"), "ADD", &vars, b"{}").expect_err("false");
     assert_eq!(err.code, code::GENERIC);
     // A program that cannot be executed is code 5.
     let err = exec_plugin(&sb.bin().join("nope"), "ADD", &vars, b"{}").expect_err("nope");
@@ -148,8 +132,7 @@ fn exec_plugin_outcomes() {
     // Output that is not JSON is code 6.
     let script = sb.bin().join("not-json");
     std::fs::write(&script, "#!/bin/sh\necho hello\n").expect("write script");
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .expect("chmod");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
     let err = exec_plugin(&script, "ADD", &vars, b"").expect_err("not json");
     assert_eq!(err.code, code::DECODE);
 }

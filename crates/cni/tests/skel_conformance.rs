@@ -7,20 +7,16 @@ use common::{add_env, run_plugin, testplugin, with, without, Sandbox};
 use knit_cni::code;
 use serde_json::{json, Value};
 
-const CONF_1_0: &str = r#"{"cniVersion":"1.0.0","name":"net1","type":"knit-testplugin","ip":"10.1.0.5/24","gateway":"10.1.0.1"}"#;
+const CONF_1_0: &str =
+    r#"{"cniVersion":"1.0.0","name":"net1","type":"knit-testplugin","ip":"10.1.0.5/24","gateway":"10.1.0.1"}"#;
 
 fn conf(version: &str) -> String {
-    json!({"cniVersion": version, "name": "net1", "type": "knit-testplugin", "ip": "10.1.0.5/24"})
-        .to_string()
+    json!({"cniVersion": version, "name": "net1", "type": "knit-testplugin", "ip": "10.1.0.5/24"}).to_string()
 }
 
 #[test]
 fn version_lists_supported_versions() {
-    let out = run_plugin(
-        &testplugin(),
-        &[("CNI_COMMAND", "VERSION")],
-        r#"{"cniVersion":"1.1.0"}"#,
-    );
+    let out = run_plugin(&testplugin(), &[("CNI_COMMAND", "VERSION")], r#"{"cniVersion":"1.1.0"}"#);
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(
         out.json(),
@@ -32,11 +28,7 @@ fn version_lists_supported_versions() {
 fn no_command_prints_about_to_stderr() {
     let out = run_plugin(&testplugin(), &[], "");
     assert_eq!(out.code, 0);
-    assert!(
-        out.stdout.is_empty(),
-        "stdout must stay clean: {:?}",
-        out.stdout
-    );
+    assert!(out.stdout.is_empty(), "stdout must stay clean: {:?}", out.stdout);
     assert!(out.stderr.contains("knit-testplugin"), "{:?}", out.stderr);
     assert!(out.stderr.contains("1.1.0"));
 }
@@ -55,12 +47,7 @@ fn add_prints_result_in_config_version() {
         })
     );
     // Printed like Go's skel: four-space indentation, no trailing newline.
-    assert!(
-        out.stdout
-            .starts_with("{\n    \"cniVersion\": \"1.0.0\",\n"),
-        "{}",
-        out.stdout
-    );
+    assert!(out.stdout.starts_with("{\n    \"cniVersion\": \"1.0.0\",\n"), "{}", out.stdout);
     assert!(out.stdout.ends_with('}'));
 }
 
@@ -84,12 +71,7 @@ fn missing_env_vars_are_all_named() {
     }
     assert!(!err.msg.contains("CNI_IFNAME"), "{:?}", err.msg);
     // Empty counts as missing.
-    let err = run_plugin(
-        &testplugin(),
-        &with(add_env("/x"), "CNI_IFNAME", ""),
-        CONF_1_0,
-    )
-    .error();
+    let err = run_plugin(&testplugin(), &with(add_env("/x"), "CNI_IFNAME", ""), CONF_1_0).error();
     assert_eq!(err.code, code::INVALID_ENV);
     assert!(err.msg.contains("CNI_IFNAME"), "{:?}", err.msg);
 }
@@ -111,73 +93,36 @@ fn del_does_not_need_netns_and_gc_needs_only_path() {
 
 #[test]
 fn unknown_command_is_code_4() {
-    let err = run_plugin(
-        &testplugin(),
-        &with(add_env("/x"), "CNI_COMMAND", "FROB"),
-        CONF_1_0,
-    )
-    .error();
+    let err = run_plugin(&testplugin(), &with(add_env("/x"), "CNI_COMMAND", "FROB"), CONF_1_0).error();
     assert_eq!(err.code, code::INVALID_ENV);
     assert!(err.msg.contains("FROB"), "{:?}", err.msg);
 }
 
 #[test]
 fn bad_container_id_is_code_4() {
-    for id in [
-        "-leading-dash",
-        "has space",
-        "semi;colon",
-        "slash/x",
-        ".dot",
-    ] {
-        let err = run_plugin(
-            &testplugin(),
-            &with(add_env("/x"), "CNI_CONTAINERID", id),
-            CONF_1_0,
-        )
-        .error();
+    for id in ["-leading-dash", "has space", "semi;colon", "slash/x", ".dot"] {
+        let err = run_plugin(&testplugin(), &with(add_env("/x"), "CNI_CONTAINERID", id), CONF_1_0).error();
         assert_eq!(err.code, code::INVALID_ENV, "container id {id:?}");
     }
-    let ok = run_plugin(
-        &testplugin(),
-        &with(add_env("/x"), "CNI_CONTAINERID", "a_b.c-D9"),
-        CONF_1_0,
-    );
+    let ok = run_plugin(&testplugin(), &with(add_env("/x"), "CNI_CONTAINERID", "a_b.c-D9"), CONF_1_0);
     assert_eq!(ok.code, 0, "{ok:?}");
 }
 
 #[test]
 fn bad_ifname_is_code_4() {
     for name in [".", "..", "a/b", "a:b", "a b", "tab\tx", "sixteen-chars-xx"] {
-        let err = run_plugin(
-            &testplugin(),
-            &with(add_env("/x"), "CNI_IFNAME", name),
-            CONF_1_0,
-        )
-        .error();
+        let err = run_plugin(&testplugin(), &with(add_env("/x"), "CNI_IFNAME", name), CONF_1_0).error();
         assert_eq!(err.code, code::INVALID_ENV, "ifname {name:?}");
     }
-    let ok = run_plugin(
-        &testplugin(),
-        &with(add_env("/x"), "CNI_IFNAME", "fifteen-chars-x"),
-        CONF_1_0,
-    );
+    let ok = run_plugin(&testplugin(), &with(add_env("/x"), "CNI_IFNAME", "fifteen-chars-x"), CONF_1_0);
     assert_eq!(ok.code, 0, "{ok:?}");
 }
 
 #[test]
 fn bad_json_is_code_6() {
-    let err = run_plugin(
-        &testplugin(),
-        &add_env("/x"),
-        r#"{"cniVersion": "1.0.0", "name": "#,
-    )
-    .error();
+    let err = run_plugin(&testplugin(), &add_env("/x"), r#"{"cniVersion": "1.0.0", "name": "#).error();
     assert_eq!(err.code, code::DECODE);
-    assert_eq!(
-        err.cni_version, "1.1.0",
-        "errors carry a cniVersion even when the config is unreadable"
-    );
+    assert_eq!(err.cni_version, "1.1.0", "errors carry a cniVersion even when the config is unreadable");
 }
 
 #[test]
@@ -257,33 +202,19 @@ fn unknown_keys_reach_the_plugin_unchanged() {
         "ipam": {"type": "none", "unknownInIpam": [1]},
         "args": {"cni": {"ips": ["10.0.0.1"]}}
     });
-    let env = with(
-        add_env("/x"),
-        "KNIT_TESTPLUGIN_LOG",
-        log.to_str().expect("utf8"),
-    );
+    let env = with(add_env("/x"), "KNIT_TESTPLUGIN_LOG", log.to_str().expect("utf8"));
     let env = with(env, "CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAME=p");
     let out = run_plugin(&testplugin(), &env, &stdin.to_string());
     assert_eq!(out.code, 0, "{out:?}");
     let calls = sb.calls();
     assert_eq!(calls.len(), 1);
     assert_eq!(calls[0]["stdin"], stdin);
-    assert_eq!(
-        calls[0]["unknownKeys"],
-        json!(["someVendorKey", "cni.dev/extension"])
-    );
-    assert_eq!(
-        calls[0]["args"],
-        json!([["IgnoreUnknown", "1"], ["K8S_POD_NAME", "p"]])
-    );
+    assert_eq!(calls[0]["unknownKeys"], json!(["someVendorKey", "cni.dev/extension"]));
+    assert_eq!(calls[0]["args"], json!([["IgnoreUnknown", "1"], ["K8S_POD_NAME", "p"]]));
 
     // And the parsed PluginConf serialises back to the same object.
-    let conf: knit_cni::PluginConf =
-        knit_cni::parse_conf(stdin.to_string().as_bytes()).expect("parse");
+    let conf: knit_cni::PluginConf = knit_cni::parse_conf(stdin.to_string().as_bytes()).expect("parse");
     assert_eq!(serde_json::to_value(&conf).expect("ser"), stdin);
-    assert_eq!(
-        conf.ipam.as_ref().map(|i| i.plugin_type.as_str()),
-        Some("none")
-    );
+    assert_eq!(conf.ipam.as_ref().map(|i| i.plugin_type.as_str()), Some("none"));
     let _: Value = calls[0]["stdin"].clone();
 }

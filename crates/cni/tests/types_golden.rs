@@ -3,9 +3,7 @@
 
 use knit_cni::types::{from_value_named, to_go_json};
 use knit_cni::version::{self, Version};
-use knit_cni::{
-    code, parse_cni_args, parse_conf, validate, CniError, CniResult, NetConfList, PluginConf,
-};
+use knit_cni::{code, parse_cni_args, parse_conf, validate, CniError, CniResult, NetConfList, PluginConf};
 use serde_json::{json, Value};
 
 /// Real output of Debian's ptp + host-local (cniVersion 1.0.0), byte for byte.
@@ -28,11 +26,7 @@ fn full_1_1_result_round_trips_byte_for_byte() {
     assert_eq!(result.to_json_pretty("1.1.0").expect("print"), FULL_GOLDEN);
     let value: Value = serde_json::from_str(FULL_GOLDEN).expect("json");
     assert_eq!(CniResult::from_value(&value).expect("from value"), result);
-    assert_eq!(
-        result.routes[0].scope,
-        Some(0),
-        "scope 0 is kept: Go uses *int"
-    );
+    assert_eq!(result.routes[0].scope, Some(0), "scope 0 is kept: Go uses *int");
 }
 
 #[test]
@@ -43,26 +37,19 @@ fn results_convert_down() {
     assert!(v100["interfaces"][1].get("mtu").is_none());
     assert!(v100["interfaces"][1].get("socketPath").is_none());
     assert!(v100["interfaces"][1].get("pciID").is_none());
-    assert_eq!(
-        v100["routes"][0],
-        json!({"dst": "0.0.0.0/0", "gw": "169.254.1.1"})
-    );
+    assert_eq!(v100["routes"][0], json!({"dst": "0.0.0.0/0", "gw": "169.254.1.1"}));
     let v040 = result.to_value("0.4.0").expect("0.4.0");
     assert_eq!(v040["ips"][0]["version"], "4");
     assert_eq!(v040["ips"][1]["version"], "6");
     // A 0.4.0 result parses (ips[].version is ignored) back to the 1.0 shape.
     let back = CniResult::from_value(&v040).expect("parse 0.4.0");
     assert_eq!(back.to_value("1.0.0").expect("1.0.0"), v100);
-    assert_eq!(
-        result.to_value("0.2.0").expect_err("old").code,
-        code::INCOMPATIBLE_VERSION
-    );
+    assert_eq!(result.to_value("0.2.0").expect_err("old").code, code::INCOMPATIBLE_VERSION);
 }
 
 #[test]
 fn empty_fields_are_omitted_like_libcni() {
-    let ipam_like =
-        r#"{"cniVersion":"1.0.0","ips":[{"address":"10.0.0.2/24","gateway":"10.0.0.1"}],"dns":{}}"#;
+    let ipam_like = r#"{"cniVersion":"1.0.0","ips":[{"address":"10.0.0.2/24","gateway":"10.0.0.1"}],"dns":{}}"#;
     let r = CniResult::from_slice(ipam_like.as_bytes()).expect("parse");
     let v = r.to_value("1.0.0").expect("value");
     assert_eq!(v, serde_json::from_str::<Value>(ipam_like).expect("json"));
@@ -78,9 +65,7 @@ fn errors_parse_without_cni_version() {
     assert_eq!(err.code, 999);
     assert_eq!(err.cni_version, "");
     assert_eq!(err.to_json_pretty(), debian, "absent fields stay absent");
-    let full = CniError::new(code::TRY_AGAIN_LATER, "busy")
-        .with_details("lock")
-        .with_version("1.1.0");
+    let full = CniError::new(code::TRY_AGAIN_LATER, "busy").with_details("lock").with_version("1.1.0");
     assert_eq!(
         serde_json::to_value(&full).expect("ser"),
         json!({"cniVersion": "1.1.0", "code": 11, "msg": "busy", "details": "lock"})
@@ -144,18 +129,12 @@ fn plugin_conf_round_trips_and_exposes_prev_result() {
     });
     let conf: PluginConf = parse_conf(raw.to_string().as_bytes()).expect("parse");
     assert_eq!(conf.ipam_type().expect("ipam"), "host-local");
-    assert_eq!(
-        conf.extra.keys().collect::<Vec<_>>(),
-        ["mode", "hostRuleTable"]
-    );
+    assert_eq!(conf.extra.keys().collect::<Vec<_>>(), ["mode", "hostRuleTable"]);
     let prev = conf.prev_result().expect("prev").expect("some");
     assert_eq!(prev.interfaces[1].name, "eth0");
     assert_eq!(serde_json::to_value(&conf).expect("ser"), raw);
     let no_ipam: PluginConf = parse_conf(br#"{"name":"n","type":"t"}"#).expect("parse");
-    assert_eq!(
-        no_ipam.ipam_type().expect_err("none").code,
-        code::INVALID_CONFIG
-    );
+    assert_eq!(no_ipam.ipam_type().expect_err("none").code, code::INVALID_CONFIG);
     assert_eq!(no_ipam.version(), "0.1.0");
 }
 
@@ -200,106 +179,52 @@ fn go_json_uses_four_space_indent() {
 
 #[test]
 fn version_helpers() {
-    assert_eq!(
-        Version::parse("1.1.0").expect("v"),
-        Version {
-            major: 1,
-            minor: 1,
-            patch: 0
-        }
-    );
-    assert_eq!(
-        Version::parse("0.4").expect("v"),
-        Version {
-            major: 0,
-            minor: 4,
-            patch: 0
-        }
-    );
+    assert_eq!(Version::parse("1.1.0").expect("v"), Version { major: 1, minor: 1, patch: 0 });
+    assert_eq!(Version::parse("0.4").expect("v"), Version { major: 0, minor: 4, patch: 0 });
     for bad in ["", "1", "a.b.c", "1.0.0.0", "1..0", "-1.0.0"] {
-        assert_eq!(
-            Version::parse(bad).expect_err(bad).code,
-            code::INCOMPATIBLE_VERSION
-        );
+        assert_eq!(Version::parse(bad).expect_err(bad).code, code::INCOMPATIBLE_VERSION);
     }
-    assert_eq!(
-        version::compare("0.10.0", "0.4.0").expect("cmp"),
-        std::cmp::Ordering::Greater
-    );
+    assert_eq!(version::compare("0.10.0", "0.4.0").expect("cmp"), std::cmp::Ordering::Greater);
     assert!(version::at_least("1.1.0", "1.1.0"));
     assert!(version::at_least("1.0.0", "0.4.0"));
     assert!(!version::at_least("1.0.0", "1.1.0"));
     assert!(!version::at_least("junk", "0.1.0"));
     assert!(version::is_supported("0.4.0") && !version::is_supported("0.2.0"));
     assert_eq!(
-        version::highest_supported(
-            ["0.3.1", "1.1.0", "1.0.0", "2.0.0"],
-            version::SUPPORTED_VERSIONS
-        ),
+        version::highest_supported(["0.3.1", "1.1.0", "1.0.0", "2.0.0"], version::SUPPORTED_VERSIONS),
         Some("1.1.0".to_string())
     );
-    assert_eq!(
-        version::highest_supported(["2.0.0"], version::SUPPORTED_VERSIONS),
-        None
-    );
+    assert_eq!(version::highest_supported(["2.0.0"], version::SUPPORTED_VERSIONS), None);
     assert_eq!(knit_cni::CURRENT_VERSION, "1.1.0");
 }
 
 #[test]
 fn cni_args_parse_and_format() {
-    let args = parse_cni_args("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;;IP=10.0.0.5/24;EMPTY=")
-        .expect("parse");
+    let args = parse_cni_args("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;;IP=10.0.0.5/24;EMPTY=").expect("parse");
     assert_eq!(
         args,
-        [
-            ("IgnoreUnknown", "1"),
-            ("K8S_POD_NAMESPACE", "default"),
-            ("IP", "10.0.0.5/24"),
-            ("EMPTY", "")
-        ]
-        .map(|(k, v)| (k.to_string(), v.to_string()))
+        [("IgnoreUnknown", "1"), ("K8S_POD_NAMESPACE", "default"), ("IP", "10.0.0.5/24"), ("EMPTY", "")]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
     );
     assert_eq!(
         knit_cni::env::format_cni_args(&args),
         "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;IP=10.0.0.5/24;EMPTY="
     );
     assert_eq!(parse_cni_args("").expect("empty"), vec![]);
-    assert_eq!(
-        parse_cni_args("novalue").expect_err("bad").code,
-        code::INVALID_ENV
-    );
-    assert_eq!(
-        parse_cni_args("=v").expect_err("bad").code,
-        code::INVALID_ENV
-    );
+    assert_eq!(parse_cni_args("novalue").expect_err("bad").code, code::INVALID_ENV);
+    assert_eq!(parse_cni_args("=v").expect_err("bad").code, code::INVALID_ENV);
 }
 
 #[test]
 fn name_validation() {
-    assert_eq!(
-        validate::container_id("").expect_err("empty").code,
-        code::UNKNOWN_CONTAINER
-    );
-    assert_eq!(
-        validate::container_id("_x").expect_err("bad").code,
-        code::INVALID_ENV
-    );
+    assert_eq!(validate::container_id("").expect_err("empty").code, code::UNKNOWN_CONTAINER);
+    assert_eq!(validate::container_id("_x").expect_err("bad").code, code::INVALID_ENV);
     validate::container_id("0123abc_def.ghi-jkl").expect("ok");
-    assert_eq!(
-        validate::network_name("").expect_err("empty").code,
-        code::INVALID_CONFIG
-    );
-    assert_eq!(
-        validate::network_name("a b").expect_err("bad").code,
-        code::INVALID_CONFIG
-    );
+    assert_eq!(validate::network_name("").expect_err("empty").code, code::INVALID_CONFIG);
+    assert_eq!(validate::network_name("a b").expect_err("bad").code, code::INVALID_CONFIG);
     validate::network_name("k8s-pod-network").expect("ok");
     for bad in ["", ".", "..", "a/b", "a:b", "a\nb", "0123456789abcdef"] {
-        assert_eq!(
-            validate::ifname(bad).expect_err(bad).code,
-            code::INVALID_ENV,
-            "{bad:?}"
-        );
+        assert_eq!(validate::ifname(bad).expect_err(bad).code, code::INVALID_ENV, "{bad:?}");
     }
     validate::ifname("0123456789abcde").expect("15 bytes");
 }

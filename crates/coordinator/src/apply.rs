@@ -17,9 +17,9 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use knit_cni::{CmdArgs, CniError, CniResult, Plugin};
+use knit_host::nft::Nft;
 use knit_host::route::Route;
 use knit_host::rule::Rule;
-use knit_host::nft::Nft;
 use knit_host::{addr, link, neigh, route, rule, sysctl, Family, Handle, Netns, Scope};
 
 use crate::config::Conf;
@@ -36,8 +36,22 @@ fn herr(ctx: impl Into<String>) -> impl FnOnce(knit_host::Error) -> CniError {
 }
 
 /// Interface name prefixes that never carry the node's own IP (Spiderpool's list, plus ours).
-const NOT_NODE_IFACES: &[&str] =
-    &["lo", "veth", "cali", "docker", "cbr", "virbr", "lxcbr", "cni", "flannel", "kube-ipvs", "vx-submariner", "cilium", "knit", "vxlan"];
+const NOT_NODE_IFACES: &[&str] = &[
+    "lo",
+    "veth",
+    "cali",
+    "docker",
+    "cbr",
+    "virbr",
+    "lxcbr",
+    "cni",
+    "flannel",
+    "kube-ipvs",
+    "vx-submariner",
+    "cilium",
+    "knit",
+    "vxlan",
+];
 
 /// Above this many interfaces carrying global addresses, one link dump is cheaper than a
 /// lookup per interface.
@@ -299,7 +313,11 @@ struct PodHelper {
 impl PodHelper {
     /// Starts the helper; with `want_handle`, it also opens a netlink socket in the pod (it
     /// is inside the pod anyway) and hands it back, sparing the caller a thread of its own.
-    fn start(families: Vec<Family>, pod_ns: &Netns, want_handle: bool) -> Result<(PodHelper, Option<Handle>), CniError> {
+    fn start(
+        families: Vec<Family>,
+        pod_ns: &Netns,
+        want_handle: bool,
+    ) -> Result<(PodHelper, Option<Handle>), CniError> {
         let ns = pod_ns.try_clone().map_err(herr("opening the pod netns"))?;
         let (tx, rx) = std::sync::mpsc::channel::<HelperMsg>();
         let (htx, hrx) = std::sync::mpsc::channel::<knit_host::Result<Handle>>();
@@ -564,7 +582,11 @@ impl Plugin for Coordinator {
         let pod_ns = Self::open_pod_ns(args)?;
         // An underlay first NIC gets reply-steering rules: start the pod thread that writes
         // them now, beside everything else (install reconciles them with the plan).
-        let fams = if plan::underlay_first(&conf, &args.ifname) { plan::steering_families(&prev, &args.ifname) } else { Vec::new() };
+        let fams = if plan::underlay_first(&conf, &args.ifname) {
+            plan::steering_families(&prev, &args.ifname)
+        } else {
+            Vec::new()
+        };
         let (helper, pod) = if fams.is_empty() {
             (None, None)
         } else {
@@ -690,9 +712,14 @@ impl Plugin for Coordinator {
             let mut nft = Nft::in_netns(&pod_ns).map_err(herr("opening nf_tables in the pod netns"))?;
             for f in &plan.pod_steering {
                 let want = plan::steering_table(*f);
-                let have = nft.read_table(want.family, &want.name).map_err(herr("reading the pod's reply-steering rules"))?;
+                let have =
+                    nft.read_table(want.family, &want.name).map_err(herr("reading the pod's reply-steering rules"))?;
                 if have.as_ref() != Some(&want) {
-                    return Err(missing(format!("the pod's reply-steering table {} {} is missing or changed", want.family.name(), want.name)));
+                    return Err(missing(format!(
+                        "the pod's reply-steering table {} {} is missing or changed",
+                        want.family.name(),
+                        want.name
+                    )));
                 }
             }
         }
@@ -759,10 +786,11 @@ fn del_underlay_first(args: &CmdArgs, conf: &Conf, prev: &CniResult, host: &Hand
             Some(h)
         }
     };
-    let pod = match std::thread::Builder::new()
-        .name("knit-coordinator-pod".into())
-        .spawn(pod_work(args.netns.clone(), pod_side.clone(), prev.clone()))
-    {
+    let pod = match std::thread::Builder::new().name("knit-coordinator-pod".into()).spawn(pod_work(
+        args.netns.clone(),
+        pod_side.clone(),
+        prev.clone(),
+    )) {
         Ok(h) => h.join().unwrap_or_else(|_| {
             tracing::warn!("DEL: the pod-side thread panicked");
             None
@@ -799,9 +827,11 @@ const DEL_GROUP: u32 = 0x6b6e_6974;
 /// plugin. Best effort: on failure veth0 alone is deleted.
 fn delete_with_nic(pod: &Handle, nic: &str) {
     let Ok(Some(veth0)) = link::get_by_name(pod, POD_VETH) else { return };
-    let nic_link = link::get_by_name(pod, nic).ok().flatten().filter(|l| matches!(l.kind.as_deref(), Some("macvlan" | "ipvlan")));
+    let nic_link =
+        link::get_by_name(pod, nic).ok().flatten().filter(|l| matches!(l.kind.as_deref(), Some("macvlan" | "ipvlan")));
     if let Some(n) = nic_link {
-        let grouped = link::set_group(pod, veth0.index, DEL_GROUP).and_then(|_| link::set_group(pod, n.index, DEL_GROUP));
+        let grouped =
+            link::set_group(pod, veth0.index, DEL_GROUP).and_then(|_| link::set_group(pod, n.index, DEL_GROUP));
         match grouped.and_then(|_| link::delete_group(pod, DEL_GROUP)) {
             Ok(()) => return,
             Err(e) => {
@@ -867,7 +897,9 @@ fn verify(plan: &Plan, host: &Handle, pod: &Handle) -> Result<(), CniError> {
     }
     let has_route = |h: &Handle, want: &Route| -> Result<bool, CniError> {
         let rs = route::list(h, want.family(), Some(want.table)).map_err(herr("listing routes"))?;
-        Ok(rs.iter().any(|r| r.dst == want.dst && r.gateway == want.gateway && (want.oif.is_none() || r.oif == want.oif)))
+        Ok(rs
+            .iter()
+            .any(|r| r.dst == want.dst && r.gateway == want.gateway && (want.oif.is_none() || r.oif == want.oif)))
     };
     for r in &plan.pod_routes {
         let route = resolve(pod, r)?;
@@ -883,7 +915,12 @@ fn verify(plan: &Plan, host: &Handle, pod: &Handle) -> Result<(), CniError> {
     }
     let has_rule = |h: &Handle, want: &Rule| -> Result<bool, CniError> {
         let rs = rule::list(h, want.family).map_err(herr("listing rules"))?;
-        Ok(rs.iter().any(|r| r.table == want.table && r.from == want.from && r.fwmark == want.fwmark && (want.priority.is_none() || r.priority == want.priority)))
+        Ok(rs.iter().any(|r| {
+            r.table == want.table
+                && r.from == want.from
+                && r.fwmark == want.fwmark
+                && (want.priority.is_none() || r.priority == want.priority)
+        }))
     };
     for r in &plan.pod_rules {
         if !has_rule(pod, r)? {

@@ -206,7 +206,12 @@ impl Conf {
             None => DEFAULT_HOST_RULE_TABLE,
             // 0 is unspec; 253-255 are the kernel's default/main/local tables.
             Some(t) if (1..=252).contains(&t) || (256..=i64::from(u32::MAX)).contains(&t) => t as u32,
-            Some(t) => return Err(bad("hostRuleTable", format!("{t} is not a usable routing table (1-252 or 256-4294967295)"))),
+            Some(t) => {
+                return Err(bad(
+                    "hostRuleTable",
+                    format!("{t} is not a usable routing table (1-252 or 256-4294967295)"),
+                ))
+            }
         };
         let pod_rp_filter = match raw.pod_rp_filter {
             None => Some(0),
@@ -256,10 +261,13 @@ impl Conf {
         // CIDRs: the config's, else the agent's file.
         let need_file = raw.overlay_pod_cidr.is_none() || raw.service_cidr.is_none() || raw.hijack_cidr.is_none();
         let file = if need_file { read_cidr_file(raw.cidr_file.as_deref())? } else { CidrFile::default() };
-        let overlay_pod_cidr = parse_cidrs("overlayPodCIDR", raw.overlay_pod_cidr.as_deref().unwrap_or(&file.overlay_pod_cidr))?;
+        let overlay_pod_cidr =
+            parse_cidrs("overlayPodCIDR", raw.overlay_pod_cidr.as_deref().unwrap_or(&file.overlay_pod_cidr))?;
         let service_cidr = parse_cidrs("serviceCIDR", raw.service_cidr.as_deref().unwrap_or(&file.service_cidr))?;
         let hijack_cidr = parse_cidrs("hijackCIDR", raw.hijack_cidr.as_deref().unwrap_or(&file.hijack_cidr))?;
-        for (field, list) in [("overlayPodCIDR", &overlay_pod_cidr), ("serviceCIDR", &service_cidr), ("hijackCIDR", &hijack_cidr)] {
+        for (field, list) in
+            [("overlayPodCIDR", &overlay_pod_cidr), ("serviceCIDR", &service_cidr), ("hijackCIDR", &hijack_cidr)]
+        {
             if list.iter().any(|n| n.prefix_len() == 0) {
                 return Err(bad(field, "a default route (/0) cannot be hijacked"));
             }
@@ -307,8 +315,7 @@ fn read_cidr_file(path: Option<&std::path::Path>) -> Result<CidrFile, CniError> 
     let explicit = path.is_some();
     let path = path.map(PathBuf::from).unwrap_or_else(|| PathBuf::from(DEFAULT_CIDR_FILE));
     match std::fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map_err(|e| bad("cidrFile", format!("{}: {e}", path.display()))),
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| bad("cidrFile", format!("{}: {e}", path.display()))),
         // Without the agent's file there is nothing to hijack; an explicit path must exist.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => Ok(CidrFile::default()),
         Err(e) => Err(bad("cidrFile", format!("{}: {e}", path.display()))),
@@ -350,7 +357,10 @@ mod tests {
 
     #[test]
     fn bare_ips_become_host_prefixes() {
-        let c = parse(r#"{"overlayPodCIDR":["10.233.64.0/18"],"serviceCIDR":["10.233.0.0/18"],"hijackCIDR":["192.0.2.9"]}"#).unwrap();
+        let c = parse(
+            r#"{"overlayPodCIDR":["10.233.64.0/18"],"serviceCIDR":["10.233.0.0/18"],"hijackCIDR":["192.0.2.9"]}"#,
+        )
+        .unwrap();
         assert_eq!(c.hijack_routes().len(), 3);
         assert_eq!(c.hijack_cidr[0].to_string(), "192.0.2.9/32");
     }
@@ -366,8 +376,14 @@ mod tests {
             (r#"{"podRPFilter":3,"serviceCIDR":[],"overlayPodCIDR":[],"hijackCIDR":[]}"#, "podRPFilter"),
             (r#"{"podMACPrefix":"01:02","serviceCIDR":[],"overlayPodCIDR":[],"hijackCIDR":[]}"#, "podMACPrefix"),
             (r#"{"vethMTU":10,"serviceCIDR":[],"overlayPodCIDR":[],"hijackCIDR":[]}"#, "vethMTU"),
-            (r#"{"vethLinkAddress":"10.0.0.1","serviceCIDR":[],"overlayPodCIDR":[],"hijackCIDR":[]}"#, "vethLinkAddress"),
-            (r#"{"policyRoutes":[{"dst":"10.0.0.0/8","gw":"fd00::1"}],"serviceCIDR":[],"overlayPodCIDR":[],"hijackCIDR":[]}"#, "policyRoutes[0]"),
+            (
+                r#"{"vethLinkAddress":"10.0.0.1","serviceCIDR":[],"overlayPodCIDR":[],"hijackCIDR":[]}"#,
+                "vethLinkAddress",
+            ),
+            (
+                r#"{"policyRoutes":[{"dst":"10.0.0.0/8","gw":"fd00::1"}],"serviceCIDR":[],"overlayPodCIDR":[],"hijackCIDR":[]}"#,
+                "policyRoutes[0]",
+            ),
         ] {
             let e = parse(json).unwrap_err();
             assert_eq!(e.code, 7, "{json}");

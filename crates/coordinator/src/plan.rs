@@ -26,8 +26,7 @@ use knit_host::rule::Rule;
 use knit_host::{nft, Family, Mac, Scope};
 
 use crate::config::{
-    Conf, Mode, FIRST_NIC_TABLE, HOST_RULE_PRIORITY, MARK_RULE_PRIORITY, REPLY_MARK, REPLY_TABLE,
-    SOURCE_RULE_PRIORITY,
+    Conf, Mode, FIRST_NIC_TABLE, HOST_RULE_PRIORITY, MARK_RULE_PRIORITY, REPLY_MARK, REPLY_TABLE, SOURCE_RULE_PRIORITY,
 };
 
 /// The pod side of the coordinator's veth pair.
@@ -105,7 +104,9 @@ pub struct Plan {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResolvedMode {
     /// Underlay; `first` is true for the pod's first NIC (the one that gets veth0).
-    Underlay { first: bool },
+    Underlay {
+        first: bool,
+    },
     Overlay,
 }
 
@@ -214,7 +215,11 @@ pub fn steering_table(family: Family) -> nft::Table {
                 priority: mangle,
                 rules: vec![
                     nft::NftRule {
-                        exprs: vec![nft::Expr::IifName(POD_VETH.into()), nft::Expr::CtState(nft::CT_NEW), nft::Expr::SetMark(REPLY_MARK)],
+                        exprs: vec![
+                            nft::Expr::IifName(POD_VETH.into()),
+                            nft::Expr::CtState(nft::CT_NEW),
+                            nft::Expr::SetMark(REPLY_MARK),
+                        ],
                     },
                     nft::NftRule { exprs: vec![nft::Expr::Mark(REPLY_MARK), nft::Expr::SaveMark] },
                 ],
@@ -314,7 +319,8 @@ pub fn plan(conf: &Conf, ifname: &str, container_id: &str, prev: &CniResult, fac
                 link_address: conf.veth_link_address,
             };
             if families.contains(&Family::V4) {
-                p.pod_sysctls.push((format!("net/ipv4/conf/{POD_VETH}/rp_filter"), conf.pod_rp_filter.unwrap_or(0).to_string()));
+                p.pod_sysctls
+                    .push((format!("net/ipv4/conf/{POD_VETH}/rp_filter"), conf.pod_rp_filter.unwrap_or(0).to_string()));
             }
             for &f in &families {
                 let Some(node) = node_ip(facts, f) else { continue };
@@ -343,7 +349,8 @@ pub fn plan(conf: &Conf, ifname: &str, container_id: &str, prev: &CniResult, fac
                     p.pod_routes.push(DevRoute { route: Route::via(pr.dst, pr.gw, None), dev: None });
                 }
                 // Reply steering.
-                p.pod_rules.push(Rule::new(f, REPLY_TABLE).priority(MARK_RULE_PRIORITY).fwmark(REPLY_MARK, Some(0xffff_ffff)));
+                p.pod_rules
+                    .push(Rule::new(f, REPLY_TABLE).priority(MARK_RULE_PRIORITY).fwmark(REPLY_MARK, Some(0xffff_ffff)));
                 p.pod_routes.push(DevRoute::new(Route::via(f.any(), node, None).table(REPLY_TABLE), POD_VETH));
                 p.pod_steering.push(f);
                 host_side(conf, &mut p, f, &nic_ips, &veth.host);
@@ -413,7 +420,9 @@ pub fn plan(conf: &Conf, ifname: &str, container_id: &str, prev: &CniResult, fac
             if conf.tune_pod_routes {
                 for dst in &hijack {
                     let f = Family::of_net(dst);
-                    let (Some(node), Some(src)) = (node_ip(facts, f), eth0_srcs.iter().copied().find(|ip| Family::of(ip) == f)) else {
+                    let (Some(node), Some(src)) =
+                        (node_ip(facts, f), eth0_srcs.iter().copied().find(|ip| Family::of(ip) == f))
+                    else {
                         continue;
                     };
                     let mut r = Route::via(*dst, node, None);
@@ -535,7 +544,11 @@ mod tests {
     fn prev(ifname: &str, addr: &str, gw: Option<&str>) -> CniResult {
         CniResult {
             interfaces: vec![Interface { name: ifname.into(), sandbox: "/run/netns/x".into(), ..Default::default() }],
-            ips: vec![IpConfig { interface: Some(0), address: addr.parse().unwrap(), gateway: gw.map(|g| g.parse().unwrap()) }],
+            ips: vec![IpConfig {
+                interface: Some(0),
+                address: addr.parse().unwrap(),
+                gateway: gw.map(|g| g.parse().unwrap()),
+            }],
             ..Default::default()
         }
     }
@@ -549,7 +562,10 @@ mod tests {
         let c = base();
         let links = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert_eq!(resolve_mode(&c, "eth0", &[]).unwrap(), Some(ResolvedMode::Underlay { first: true }));
-        assert_eq!(resolve_mode(&c, "net1", &links(&["eth0", "veth0"])).unwrap(), Some(ResolvedMode::Underlay { first: false }));
+        assert_eq!(
+            resolve_mode(&c, "net1", &links(&["eth0", "veth0"])).unwrap(),
+            Some(ResolvedMode::Underlay { first: false })
+        );
         assert_eq!(resolve_mode(&c, "net1", &links(&["eth0"])).unwrap(), Some(ResolvedMode::Overlay));
         let mut d = base();
         d.mode = Mode::Disabled;
@@ -562,29 +578,48 @@ mod tests {
     #[test]
     fn underlay_first_nic() {
         let facts = Facts { node_ips: vec!["172.16.1.2".parse().unwrap()], ..Default::default() };
-        let p = plan(&base(), "eth0", "0123456789abcdef", &prev("eth0", "172.16.100.10/16", Some("172.16.0.1")), &facts).unwrap();
+        let p =
+            plan(&base(), "eth0", "0123456789abcdef", &prev("eth0", "172.16.100.10/16", Some("172.16.0.1")), &facts)
+                .unwrap();
         let v = p.veth.as_ref().unwrap();
         assert_eq!(v.host, "veth0123456789a");
         assert_eq!(v.pod, "veth0");
         let routes = shown(&p.pod_routes);
-        assert!(routes.iter().any(|r| r.starts_with("172.16.1.2/32") && r.contains("src 172.16.100.10") && r.ends_with("dev veth0")), "{routes:?}");
+        assert!(
+            routes
+                .iter()
+                .any(|r| r.starts_with("172.16.1.2/32") && r.contains("src 172.16.100.10") && r.ends_with("dev veth0")),
+            "{routes:?}"
+        );
         for cidr in ["10.233.64.0/18 via 172.16.1.2", "10.233.0.0/18 via 172.16.1.2", "169.254.0.0/16 via 172.16.1.2"] {
-            assert!(routes.iter().any(|r| r.starts_with(cidr) && r.contains("src 172.16.100.10")), "{cidr}: {routes:?}");
+            assert!(
+                routes.iter().any(|r| r.starts_with(cidr) && r.contains("src 172.16.100.10")),
+                "{cidr}: {routes:?}"
+            );
         }
-        assert!(routes.iter().any(|r| r.starts_with("default via 172.16.1.2") && r.contains("table 100")), "{routes:?}");
+        assert!(
+            routes.iter().any(|r| r.starts_with("default via 172.16.1.2") && r.contains("table 100")),
+            "{routes:?}"
+        );
         assert_eq!(p.pod_rules.len(), 1);
         assert_eq!(p.pod_rules[0].fwmark, Some(1));
         assert_eq!(p.pod_rules[0].table, 100);
         assert_eq!(p.host_rules[0].priority, Some(1000));
         assert_eq!(p.host_rules[0].table, 500);
         let host = shown(&p.host_routes);
-        assert!(host[0].starts_with("172.16.100.10/32") && host[0].contains("table 500") && host[0].ends_with("dev veth0123456789a"), "{host:?}");
+        assert!(
+            host[0].starts_with("172.16.100.10/32")
+                && host[0].contains("table 500")
+                && host[0].ends_with("dev veth0123456789a"),
+            "{host:?}"
+        );
         assert_eq!(p.pod_steering, vec![Family::V4]);
     }
 
     #[test]
     fn underlay_pod_routes_only_this_nodes_ips() {
-        let facts = Facts { node_ips: vec!["172.16.1.2".parse().unwrap(), "10.0.0.2".parse().unwrap()], ..Default::default() };
+        let facts =
+            Facts { node_ips: vec!["172.16.1.2".parse().unwrap(), "10.0.0.2".parse().unwrap()], ..Default::default() };
         let p = plan(&base(), "eth0", "c", &prev("eth0", "172.16.100.10/16", None), &facts).unwrap();
         let routes = shown(&p.pod_routes);
         assert!(routes.iter().any(|r| r.starts_with("10.0.0.2/32")));
@@ -612,10 +647,22 @@ mod tests {
         assert!(rules.iter().any(|r| r.contains("10.233.64.5") && r.contains("100")), "{rules:?}");
         let routes = shown(&p.pod_routes);
         assert!(routes.iter().any(|r| r.starts_with("172.16.0.0/16") && r.contains("table 101")), "{routes:?}");
-        assert!(routes.iter().any(|r| r.starts_with("default via 172.16.0.1") && r.contains("table 101")), "{routes:?}");
-        assert!(routes.iter().any(|r| r.starts_with("default via 169.254.1.1") && r.contains("table 100")), "{routes:?}");
-        assert!(routes.iter().any(|r| r.starts_with("172.16.1.2/32") && !r.contains("table") && r.ends_with("dev eth0")), "{routes:?}");
-        assert!(routes.iter().any(|r| r.starts_with("172.16.1.2/32") && r.contains("table 101") && r.ends_with("dev eth0")), "{routes:?}");
+        assert!(
+            routes.iter().any(|r| r.starts_with("default via 172.16.0.1") && r.contains("table 101")),
+            "{routes:?}"
+        );
+        assert!(
+            routes.iter().any(|r| r.starts_with("default via 169.254.1.1") && r.contains("table 100")),
+            "{routes:?}"
+        );
+        assert!(
+            routes.iter().any(|r| r.starts_with("172.16.1.2/32") && !r.contains("table") && r.ends_with("dev eth0")),
+            "{routes:?}"
+        );
+        assert!(
+            routes.iter().any(|r| r.starts_with("172.16.1.2/32") && r.contains("table 101") && r.ends_with("dev eth0")),
+            "{routes:?}"
+        );
         let host = shown(&p.host_routes);
         assert!(host[0].starts_with("172.16.100.20/32") && host[0].ends_with("dev cali0123456789a"), "{host:?}");
         assert!(p.veth.is_none());

@@ -109,7 +109,12 @@ fn routed_conflist(dir: &Scratch, node: usize) -> PathBuf {
 }
 
 fn underlay_conflist(dir: &Scratch, pod: &str, addr: &str, gw: &str, mode: &str) -> PathBuf {
-    conflist(dir, &format!("underlay-{pod}.conflist"), "macvlan-underlay", &[macvlan(addr, gw, true), coordinator(mode, "")])
+    conflist(
+        dir,
+        &format!("underlay-{pod}.conflist"),
+        "macvlan-underlay",
+        &[macvlan(addr, gw, true), coordinator(mode, "")],
+    )
 }
 
 #[derive(Clone, Copy)]
@@ -156,7 +161,10 @@ impl<'a> Cluster<'a> {
     /// `knit node underlay-ips` inside node `i`.
     fn underlay_ips(&self, i: usize) -> Vec<(IpAddr, String)> {
         let knit = bin("knit");
-        let out = self.tn.exec_ok(self.node(i), &[knit.to_str().unwrap(), "node", "underlay-ips"]).expect("knit node underlay-ips");
+        let out = self
+            .tn
+            .exec_ok(self.node(i), &[knit.to_str().unwrap(), "node", "underlay-ips"])
+            .expect("knit node underlay-ips");
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("underlay-ips prints JSON");
         v.as_array()
             .expect("a JSON array")
@@ -176,7 +184,11 @@ impl<'a> Cluster<'a> {
             }
         }
         for (node, uip, via) in &routes {
-            ip(self.tn, self.node(*node), &["route", "add", &format!("{uip}/32"), "via", &via.to_string(), "dev", "eth0"]);
+            ip(
+                self.tn,
+                self.node(*node),
+                &["route", "add", &format!("{uip}/32"), "via", &via.to_string(), "dev", "eth0"],
+            );
         }
         self.fix_routes.borrow_mut().extend(routes);
     }
@@ -198,7 +210,12 @@ impl<'a> Cluster<'a> {
                 &["conntrack", "-L"],
             ] {
                 if let Ok(o) = self.tn.exec(ns, argv) {
-                    s.push_str(&format!("--- {name}: {}\n{}{}", argv.join(" "), String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)));
+                    s.push_str(&format!(
+                        "--- {name}: {}\n{}{}",
+                        argv.join(" "),
+                        String::from_utf8_lossy(&o.stdout),
+                        String::from_utf8_lossy(&o.stderr)
+                    ));
                 }
             }
         }
@@ -218,14 +235,16 @@ fn table(tn: &TestNet, ns: &Netns, table: u32) -> String {
 /// kube-proxy < 1.29 on a node: the INVALID drop rule, and strict TCP window tracking.
 fn kube_proxy_old(tn: &TestNet, node: &Netns) {
     // The rule loads conntrack into the namespace, which makes the per-netns sysctl appear.
-    tn.exec_ok(node, &["iptables", "-A", "FORWARD", "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP"]).expect("INVALID drop rule");
+    tn.exec_ok(node, &["iptables", "-A", "FORWARD", "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP"])
+        .expect("INVALID drop rule");
     tn.exec_ok(node, &["sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_be_liberal=0"]).expect("be_liberal=0");
 }
 
 fn setup<'a>(tn: &'a TestNet, tag: &str, opts: Opts) -> Cluster<'a> {
     let dir = Scratch::new(tag);
     let fabric = Fabric::new(tn, &["172.16.0.1/16", "172.17.0.1/16"]);
-    let nodes = vec![fabric.node("n1", "172.16.1.2/16", "172.16.0.1"), fabric.node("n2", "172.16.1.3/16", "172.16.0.1")];
+    let nodes =
+        vec![fabric.node("n1", "172.16.1.2/16", "172.16.0.1"), fabric.node("n2", "172.16.1.3/16", "172.16.0.1")];
     // Static block routes, as BIRD would install them.
     ip(tn, &nodes[0], &["route", "add", OVERLAY_BLOCKS[1], "via", NODE_IPS[1], "dev", "eth0"]);
     ip(tn, &nodes[1], &["route", "add", OVERLAY_BLOCKS[0], "via", NODE_IPS[0], "dev", "eth0"]);
@@ -268,7 +287,12 @@ fn setup<'a>(tn: &'a TestNet, tag: &str, opts: Opts) -> Cluster<'a> {
     // net1: a second network; its IPAM gives an address and a gateway but no default route.
     m.atts.push(Att {
         node: 0,
-        conflist: conflist(&dir, "multi-net1.conflist", "macvlan-net1", &[macvlan("172.16.100.40/16", "172.16.0.1", false), coordinator("auto", "")]),
+        conflist: conflist(
+            &dir,
+            "multi-net1.conflist",
+            "macvlan-net1",
+            &[macvlan("172.16.100.40/16", "172.16.0.1", false), coordinator("auto", "")],
+        ),
         ifname: "net1",
         cid: "cid-m".into(),
         args: pod_args("m"),
@@ -278,7 +302,8 @@ fn setup<'a>(tn: &'a TestNet, tag: &str, opts: Opts) -> Cluster<'a> {
     let mut c = Cluster { tn, dir, fabric, nodes, o1, o2, u1, u2, u3, m, fix_routes: Default::default() };
     // Overlay pods first, then the underlay pods, then the multi-NIC pod (eth0, then net1).
     // Overlay IPs come from host-local: take them from the results.
-    let ips: Vec<IpAddr> = [&c.o1, &c.o2, &c.u1, &c.u2, &c.u3, &c.m].iter().map(|p| result_ip(&c.add_all(p)[0])).collect();
+    let ips: Vec<IpAddr> =
+        [&c.o1, &c.o2, &c.u1, &c.u2, &c.u3, &c.m].iter().map(|p| result_ip(&c.add_all(p)[0])).collect();
     c.o1.atts[0].ip = ips[0];
     c.o2.atts[0].ip = ips[1];
     c.m.atts[0].ip = ips[5];
@@ -302,7 +327,12 @@ fn setup<'a>(tn: &'a TestNet, tag: &str, opts: Opts) -> Cluster<'a> {
 /// Probes every (label, from, to) cell in parallel; returns the failures as "label (dst): error".
 fn probe_all(cells: &[(&str, &Netns, SocketAddr)]) -> Vec<String> {
     std::thread::scope(|s| {
-        let handles: Vec<_> = cells.iter().map(|(label, from, to)| s.spawn(move || tcp_probe(from, *to).err().map(|e| format!("{label} ({to}): {e}")))).collect();
+        let handles: Vec<_> = cells
+            .iter()
+            .map(|(label, from, to)| {
+                s.spawn(move || tcp_probe(from, *to).err().map(|e| format!("{label} ({to}): {e}")))
+            })
+            .collect();
         handles.into_iter().filter_map(|h| h.join().expect("probe thread")).collect()
     })
 }
@@ -310,7 +340,14 @@ fn probe_all(cells: &[(&str, &Netns, SocketAddr)]) -> Vec<String> {
 /// Runs every cell and panics listing the failures, with diagnostics.
 fn expect_all(c: &Cluster, cells: &[(&str, &Netns, SocketAddr)]) {
     let failed = probe_all(cells);
-    assert!(failed.is_empty(), "{} of {} cells failed:\n{}\n{}", failed.len(), cells.len(), failed.join("\n"), c.dump());
+    assert!(
+        failed.is_empty(),
+        "{} of {} cells failed:\n{}\n{}",
+        failed.len(),
+        cells.len(),
+        failed.join("\n"),
+        c.dump()
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -425,7 +462,11 @@ fn without_the_fix_cross_node_overlay_underlay_fails() {
         ("u2(node2) -> o1(node1)", &c.u2.ns, c.o1.addr()),
     ];
     let failed = probe_all(&must_fail);
-    assert_eq!(failed.len(), must_fail.len(), "every cross-node cell should fail without the fix; failed only: {failed:#?}");
+    assert_eq!(
+        failed.len(),
+        must_fail.len(),
+        "every cross-node cell should fail without the fix; failed only: {failed:#?}"
+    );
 
     // Installing the fix afterwards repairs them (proof that the /32 routes are the fix).
     c.install_fix();
@@ -484,8 +525,27 @@ fn multi_nic_pod_paths() {
 fn dnat(tn: &TestNet, node: &Netns, chain: &str, dst: &str, dport: u16, to: SocketAddr) {
     let dport = dport.to_string();
     let to = to.to_string();
-    tn.exec_ok(node, &["iptables", "-t", "nat", "-A", chain, "-d", dst, "-p", "tcp", "--dport", &dport, "-j", "DNAT", "--to-destination", &to])
-        .expect("DNAT rule");
+    tn.exec_ok(
+        node,
+        &[
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            chain,
+            "-d",
+            dst,
+            "-p",
+            "tcp",
+            "--dport",
+            &dport,
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &to,
+        ],
+    )
+    .expect("DNAT rule");
 }
 
 #[test]
@@ -565,7 +625,10 @@ fn check_then_del_cleans_everything() {
     let u1 = &c.u1.atts[0];
     let chk = c.cni(0, &u1.conflist).check(&c.u1.ns, "eth0", &u1.cid, &u1.args);
     assert!(chk.ok, "CHECK on a healthy pod: {} {}", chk.json, chk.stderr);
-    let listed = String::from_utf8_lossy(&tn.exec_ok(&c.u1.ns, &["nft", "list", "table", "ip", "knit-coordinator"]).unwrap().stdout).into_owned();
+    let listed = String::from_utf8_lossy(
+        &tn.exec_ok(&c.u1.ns, &["nft", "list", "table", "ip", "knit-coordinator"]).unwrap().stdout,
+    )
+    .into_owned();
     assert!(listed.contains("iifname \"veth0\" ct state new meta mark set 0x00000001"), "{listed}");
     tn.exec_ok(&c.u1.ns, &["nft", "delete", "table", "ip", "knit-coordinator"]).unwrap();
     let chk = c.cni(0, &u1.conflist).check(&c.u1.ns, "eth0", &u1.cid, &u1.args);
@@ -579,8 +642,18 @@ fn check_then_del_cleans_everything() {
     c.del_all();
     for i in 0..2 {
         let node = c.node(i);
-        assert!(links_with_prefix(node, "veth").is_empty(), "node{} veths: {:?}", i + 1, links_with_prefix(node, "veth"));
-        assert!(links_with_prefix(node, "cali").is_empty(), "node{} calis: {:?}", i + 1, links_with_prefix(node, "cali"));
+        assert!(
+            links_with_prefix(node, "veth").is_empty(),
+            "node{} veths: {:?}",
+            i + 1,
+            links_with_prefix(node, "veth")
+        );
+        assert!(
+            links_with_prefix(node, "cali").is_empty(),
+            "node{} calis: {:?}",
+            i + 1,
+            links_with_prefix(node, "cali")
+        );
         let t500 = table(&tn, node, 500);
         assert!(t500.trim().is_empty(), "node{} table 500: {t500}", i + 1);
         assert!(c.underlay_ips(i).is_empty());
@@ -591,7 +664,8 @@ fn check_then_del_cleans_everything() {
         let rules = ip(&tn, &pod.ns, &["rule"]);
         let ours: Vec<&str> = rules.lines().filter(|l| l.contains("lookup 10")).collect();
         assert!(ours.is_empty(), "{}: {rules}", pod.name);
-        let tables = String::from_utf8_lossy(&tn.exec_ok(&pod.ns, &["nft", "list", "tables"]).unwrap().stdout).into_owned();
+        let tables =
+            String::from_utf8_lossy(&tn.exec_ok(&pod.ns, &["nft", "list", "tables"]).unwrap().stdout).into_owned();
         assert!(!tables.contains("knit-coordinator"), "{}: {tables}", pod.name);
     }
     // The /32 routes of the fix belong to the agent (here, the test): remove them.
@@ -637,7 +711,12 @@ fn del_of_an_overlay_mode_nic_removes_what_add_made() {
     let leftovers: Vec<&str> = rules
         .lines()
         .filter(|l| l.contains("lookup 10"))
-        .chain(routes.lines().filter(|l| l.contains("table 10") || l.contains("172.16.1.2") || l.contains("10.233.0.0/18") || l.contains("10.233.64.0/18")))
+        .chain(routes.lines().filter(|l| {
+            l.contains("table 10")
+                || l.contains("172.16.1.2")
+                || l.contains("10.233.0.0/18")
+                || l.contains("10.233.64.0/18")
+        }))
         .collect();
     assert!(
         leftovers.is_empty(),
@@ -690,13 +769,23 @@ fn bad_coordinator_config_is_code_7_naming_the_field() {
     ];
     for (i, (field, coord)) in cases.into_iter().enumerate() {
         let pod = tn.pod(&format!("p{i}")).unwrap();
-        let list = conflist(&dir, &format!("bad{i}.conflist"), "macvlan-underlay", &[macvlan("172.16.100.10/16", "172.16.0.1", true), coord]);
+        let list = conflist(
+            &dir,
+            &format!("bad{i}.conflist"),
+            "macvlan-underlay",
+            &[macvlan("172.16.100.10/16", "172.16.0.1", true), coord],
+        );
         check_bad(&tn, &node, &pod, &dir, list, field, i);
     }
     // A multicast Service CIDR.
     let pod = tn.pod("pm").unwrap();
     let coord = r#"{"type":"knit-coordinator","mode":"underlay","overlayPodCIDR":["10.233.64.0/18"],"serviceCIDR":["224.0.0.0/4"],"hijackCIDR":[]}"#.to_string();
-    let list = conflist(&dir, "bad-svc.conflist", "macvlan-underlay", &[macvlan("172.16.100.10/16", "172.16.0.1", true), coord]);
+    let list = conflist(
+        &dir,
+        "bad-svc.conflist",
+        "macvlan-underlay",
+        &[macvlan("172.16.100.10/16", "172.16.0.1", true), coord],
+    );
     check_bad(&tn, &node, &pod, &dir, list, "serviceCIDR", 99);
 }
 
@@ -727,7 +816,8 @@ fn failed_add_chain_leftovers_and_del() {
     let (_fabric, node) = lone_node(&tn);
     let pod = tn.pod("p").unwrap();
     let coord = coordinator("underlay", r#","hostRuleTable":254"#);
-    let list = conflist(&dir, "bad.conflist", "macvlan-underlay", &[macvlan("172.16.100.10/16", "172.16.0.1", true), coord]);
+    let list =
+        conflist(&dir, "bad.conflist", "macvlan-underlay", &[macvlan("172.16.100.10/16", "172.16.0.1", true), coord]);
     let cni = Cni::new(&tn, &node, list, dir.path.join("state"));
     let out = cni.add(&pod, "eth0", "cid-chain", "");
     assert_eq!(out.err_code(), 7);
@@ -741,7 +831,12 @@ fn failed_add_chain_leftovers_and_del() {
     assert!(links_with_prefix(&pod, "eth0").is_empty());
     assert!(links_with_prefix(&node, "veth").is_empty());
     // A second DEL, now with a good config, is a no-op that succeeds.
-    let good = conflist(&dir, "good.conflist", "macvlan-underlay", &[macvlan("172.16.100.10/16", "172.16.0.1", true), coordinator("underlay", "")]);
+    let good = conflist(
+        &dir,
+        "good.conflist",
+        "macvlan-underlay",
+        &[macvlan("172.16.100.10/16", "172.16.0.1", true), coordinator("underlay", "")],
+    );
     let out = Cni::new(&tn, &node, good, dir.path.join("state")).del(&pod, "eth0", "cid-chain", "");
     assert!(out.ok, "{} {}", out.json, out.stderr);
 }
@@ -755,7 +850,8 @@ fn add_failing_during_install_rolls_back() {
     let (_fabric, node) = lone_node(&tn);
     let pod = tn.pod("p").unwrap();
     let coord = coordinator("underlay", r#","policyRoutes":[{"dst":"192.0.2.0/24","gw":"198.51.100.1"}]"#);
-    let list = conflist(&dir, "rb.conflist", "macvlan-underlay", &[macvlan("172.16.100.10/16", "172.16.0.1", true), coord]);
+    let list =
+        conflist(&dir, "rb.conflist", "macvlan-underlay", &[macvlan("172.16.100.10/16", "172.16.0.1", true), coord]);
     let cni = Cni::new(&tn, &node, list, dir.path.join("state"));
     let out = cni.add(&pod, "eth0", "cid-rb", "");
     assert!(!out.ok, "ADD with an unreachable policy-route gateway should fail");
@@ -771,4 +867,3 @@ fn add_failing_during_install_rolls_back() {
     assert!(out.ok, "{} {}", out.json, out.stderr);
     assert!(links_with_prefix(&pod, "eth0").is_empty());
 }
-

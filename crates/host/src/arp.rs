@@ -192,8 +192,8 @@ fn sockaddr_ll(index: u32, dst: Option<Mac>) -> Result<libc::sockaddr_ll> {
     let mut sa: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     sa.sll_family = libc::AF_PACKET as libc::c_ushort;
     sa.sll_protocol = ETH_P_ARP.to_be();
-    sa.sll_ifindex =
-        i32::try_from(index).map_err(|_| Error::invalid("ARP socket", format!("interface index {index} out of range")))?;
+    sa.sll_ifindex = i32::try_from(index)
+        .map_err(|_| Error::invalid("ARP socket", format!("interface index {index} out of range")))?;
     if let Some(m) = dst {
         sa.sll_halen = 6;
         sa.sll_addr[..6].copy_from_slice(&m.0);
@@ -213,11 +213,7 @@ impl ArpSocket {
             guard::check(&op)?;
             // SAFETY: plain socket(2) call; the result is checked before use.
             let raw = unsafe {
-                libc::socket(
-                    libc::AF_PACKET,
-                    libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                    libc::c_int::from(ETH_P_ARP.to_be()),
-                )
+                libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::c_int::from(ETH_P_ARP.to_be()))
             };
             if raw < 0 {
                 return Err(Error::io(op.clone(), std::io::Error::last_os_error()));

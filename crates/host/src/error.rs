@@ -98,10 +98,7 @@ impl Error {
     /// missing: `ENOENT`, `ENODEV`, `ESRCH` or `EADDRNOTAVAIL` (the kernel's
     /// answer when deleting an address that is not there).
     pub fn is_not_found(&self) -> bool {
-        matches!(
-            self.errno(),
-            Some(libc::ENOENT) | Some(libc::ENODEV) | Some(libc::ESRCH) | Some(libc::EADDRNOTAVAIL)
-        )
+        matches!(self.errno(), Some(libc::ENOENT) | Some(libc::ENODEV) | Some(libc::ESRCH) | Some(libc::EADDRNOTAVAIL))
     }
 
     pub(crate) fn io(op: impl Into<String>, source: io::Error) -> Self {

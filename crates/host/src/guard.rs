@@ -27,8 +27,7 @@ pub fn forbid_root_netns() {
 
 /// Whether the guard is on.
 pub fn root_forbidden() -> bool {
-    FORBID.load(Ordering::SeqCst)
-        || std::env::var_os(FORBID_ENV).is_some_and(|v| !v.is_empty() && v != "0")
+    FORBID.load(Ordering::SeqCst) || std::env::var_os(FORBID_ENV).is_some_and(|v| !v.is_empty() && v != "0")
 }
 
 /// The identity of the namespace the guard protects (cached: it never changes).

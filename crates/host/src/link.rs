@@ -150,7 +150,10 @@ pub fn validate_name(name: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(Error::invalid("interface name", format!("{name:?} is not a valid interface name (1-15 chars, no '/', ':' or spaces)")))
+        Err(Error::invalid(
+            "interface name",
+            format!("{name:?} is not a valid interface name (1-15 chars, no '/', ':' or spaces)"),
+        ))
     }
 }
 
@@ -320,9 +323,8 @@ pub fn create_veth(
         // device with that index there instead.
         match peer_ns {
             None => {
-                let peer_index = created
-                    .link
-                    .ok_or_else(|| Error::NotFound { what: format!("peer of veth {name}") })?;
+                let peer_index =
+                    created.link.ok_or_else(|| Error::NotFound { what: format!("peer of veth {name}") })?;
                 set_up(h, peer_index)?;
             }
             Some(ns) => {

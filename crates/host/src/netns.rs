@@ -123,14 +123,8 @@ impl Netns {
 
         let mounted = run_on_thread(|| -> Result<()> {
             nix::sched::unshare(CloneFlags::CLONE_NEWNET).map_err(|e| Error::nix(format!("{op}: unshare"), e))?;
-            nix::mount::mount(
-                Some("/proc/thread-self/ns/net"),
-                &path,
-                None::<&str>,
-                MsFlags::MS_BIND,
-                None::<&str>,
-            )
-            .map_err(|e| Error::nix(format!("{op}: bind-mount onto {}", path.display()), e))
+            nix::mount::mount(Some("/proc/thread-self/ns/net"), &path, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+                .map_err(|e| Error::nix(format!("{op}: bind-mount onto {}", path.display()), e))
         })
         .and_then(|r| r);
         if let Err(e) = mounted {
@@ -313,9 +307,8 @@ fn make_run_dir_shared(op: &str) -> Result<()> {
         .map_err(|e| Error::io(format!("{op}: open {RUN_DIR_LOCK}"), e))?;
     let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
         .map_err(|(_, e)| Error::nix(format!("{op}: lock {RUN_DIR_LOCK}"), e))?;
-    let shared = || {
-        nix::mount::mount(Some(""), NETNS_RUN_DIR, Some("none"), MsFlags::MS_SHARED | MsFlags::MS_REC, None::<&str>)
-    };
+    let shared =
+        || nix::mount::mount(Some(""), NETNS_RUN_DIR, Some("none"), MsFlags::MS_SHARED | MsFlags::MS_REC, None::<&str>);
     match shared() {
         Ok(()) => Ok(()),
         // EINVAL: not a mount point yet; bind it onto itself, then retry once.

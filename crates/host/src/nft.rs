@@ -220,11 +220,17 @@ impl fmt::Display for Expr {
 
 /// The iptables names of the `ct state` bits set in `bits` (NEW, ESTABLISHED, ...).
 pub fn ct_state_names(bits: u32) -> Vec<&'static str> {
-    [(CT_INVALID, "INVALID"), (CT_ESTABLISHED, "ESTABLISHED"), (CT_RELATED, "RELATED"), (CT_NEW, "NEW"), (CT_UNTRACKED, "UNTRACKED")]
-        .into_iter()
-        .filter(|(b, _)| bits & b != 0)
-        .map(|(_, n)| n)
-        .collect()
+    [
+        (CT_INVALID, "INVALID"),
+        (CT_ESTABLISHED, "ESTABLISHED"),
+        (CT_RELATED, "RELATED"),
+        (CT_NEW, "NEW"),
+        (CT_UNTRACKED, "UNTRACKED"),
+    ]
+    .into_iter()
+    .filter(|(b, _)| bits & b != 0)
+    .map(|(_, n)| n)
+    .collect()
 }
 
 /// A rule: expressions evaluated in order.
@@ -712,7 +718,9 @@ impl Low {
                 _ => other(),
             },
             "cmp" => match (d.u32(NFTA_CMP_OP), value(NFTA_CMP_DATA)) {
-                (Some(op), Some(data)) if op == NFT_CMP_EQ || op == NFT_CMP_NEQ => Low::Cmp { eq: op == NFT_CMP_EQ, data },
+                (Some(op), Some(data)) if op == NFT_CMP_EQ || op == NFT_CMP_NEQ => {
+                    Low::Cmp { eq: op == NFT_CMP_EQ, data }
+                }
                 _ => other(),
             },
             "bitwise" => match (value(NFTA_BITWISE_MASK), value(NFTA_BITWISE_XOR)) {
@@ -812,7 +820,11 @@ impl Reply<'_> {
     }
 
     fn netlink_error(&self, op: String, errno: i32) -> Error {
-        Error::Netlink { op, errno, ext_ack: crate::handle::ext_ack_message(self.flags, self.body.get(4..).unwrap_or_default()) }
+        Error::Netlink {
+            op,
+            errno,
+            ext_ack: crate::handle::ext_ack_message(self.flags, self.body.get(4..).unwrap_or_default()),
+        }
     }
 }
 
@@ -921,7 +933,9 @@ mod tests {
                 kind: "filter".into(),
                 hook: Some(Hook::Prerouting),
                 priority: -150,
-                rules: vec![NftRule { exprs: vec![Expr::IifName("veth0".into()), Expr::CtState(CT_NEW), Expr::SetMark(1)] }],
+                rules: vec![NftRule {
+                    exprs: vec![Expr::IifName("veth0".into()), Expr::CtState(CT_NEW), Expr::SetMark(1)],
+                }],
             }],
         };
         let s = t.to_string();

@@ -31,7 +31,12 @@ pub fn path_for(key: &str) -> Result<PathBuf> {
                 let rest = &key[prefix.len()..];
                 match rest.rsplit_once('.') {
                     Some((ifname, leaf)) => {
-                        format!("{}/{}/{}", prefix.trim_end_matches('.').replace('.', "/"), ifname.replace('/', "."), leaf)
+                        format!(
+                            "{}/{}/{}",
+                            prefix.trim_end_matches('.').replace('.', "/"),
+                            ifname.replace('/', "."),
+                            leaf
+                        )
                     }
                     None => key.split('.').map(|c| c.replace('/', ".")).collect::<Vec<_>>().join("/"),
                 }

@@ -156,7 +156,8 @@ impl TestNet {
     /// `b`), both ends up. Returns the two interface indexes.
     pub fn link(&self, a: &Netns, a_name: &str, b: &Netns, b_name: &str) -> Result<(u32, u32)> {
         let ha = Handle::in_netns(a)?;
-        let ia = link::create_veth(&ha, a_name, b_name, Some(b), &link::VethOptions { up: true, ..Default::default() })?;
+        let ia =
+            link::create_veth(&ha, a_name, b_name, Some(b), &link::VethOptions { up: true, ..Default::default() })?;
         let hb = Handle::in_netns(b)?;
         let ib = link::index_of(&hb, b_name)?;
         Ok((ia, ib))
@@ -178,11 +179,8 @@ impl Drop for TestNet {
         let names = std::mem::take(&mut *self.names.lock().unwrap_or_else(|p| p.into_inner()));
         // Processes started some other way (daemons a test launched through
         // Netns::spawn, plugin grandchildren) would keep the namespaces alive.
-        let ids: Vec<NsId> = names
-            .iter()
-            .filter_map(|n| Netns::open_named(n).ok())
-            .filter_map(|ns| ns.id().ok())
-            .collect();
+        let ids: Vec<NsId> =
+            names.iter().filter_map(|n| Netns::open_named(n).ok()).filter_map(|ns| ns.id().ok()).collect();
         kill_processes_in(&ids);
         for name in names.iter().rev() {
             if let Err(e) = Netns::delete_named(name) {

@@ -185,5 +185,6 @@ impl<'de> Deserialize<'de> for Mac {
 /// Builds the IP prefix for a netlink address + prefix length, rejecting
 /// impossible lengths instead of panicking.
 pub(crate) fn ipnet(addr: IpAddr, len: u8, op: &str) -> Result<IpNet> {
-    IpNet::new(addr, len).map_err(|_| Error::Decode { op: op.to_string(), msg: format!("prefix length {len} for {addr}") })
+    IpNet::new(addr, len)
+        .map_err(|_| Error::Decode { op: op.to_string(), msg: format!("prefix length {len} for {addr}") })
 }

@@ -45,8 +45,8 @@ COMMIT\n";
     assert!(!other.contains("KNIT-TEST"), "{other}");
 
     // Bad input: the error carries iptables-restore's stderr.
-    let err = firewall::iptables_restore(Some(tn.host()), Family::V4, "*nat\n-A NOPE -j ACCEPT\nCOMMIT\n", true)
-        .unwrap_err();
+    let err =
+        firewall::iptables_restore(Some(tn.host()), Family::V4, "*nat\n-A NOPE -j ACCEPT\nCOMMIT\n", true).unwrap_err();
     assert!(err.to_string().contains("iptables-restore"), "{err}");
     // Shell metacharacters are just text to iptables-restore.
     assert!(firewall::iptables_restore(Some(tn.host()), Family::V4, "$(touch /tmp/knit-pwned)\n", true).is_err());

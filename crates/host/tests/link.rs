@@ -91,8 +91,8 @@ fn macvlan_on_veth_master() {
     let h = tn.handle().unwrap();
     let hp = tn.handle_in(&pod).unwrap();
     // A veth end stands in for the uplink NIC.
-    let uplink = link::create_veth(&h, "uplink0", "uplink0p", None, &VethOptions { up: true, ..Default::default() })
-        .unwrap();
+    let uplink =
+        link::create_veth(&h, "uplink0", "uplink0p", None, &VethOptions { up: true, ..Default::default() }).unwrap();
 
     let mv = link::create_macvlan(&h, "mv0", uplink, MacvlanMode::Bridge, None).unwrap().unwrap();
     let l = link::get_by_index(&h, mv).unwrap().unwrap();
@@ -101,7 +101,8 @@ fn macvlan_on_veth_master() {
     assert_eq!(l.macvlan_mode, Some(MacvlanMode::Bridge));
 
     // Directly into the pod namespace, with a temporary name, then renamed there.
-    let r = link::create_macvlan_with(&h, "mvtmp1", uplink, MacvlanMode::Private, Some(&pod), Some(1300), None).unwrap();
+    let r =
+        link::create_macvlan_with(&h, "mvtmp1", uplink, MacvlanMode::Private, Some(&pod), Some(1300), None).unwrap();
     assert!(r.is_none());
     assert!(link::get_by_name(&h, "mvtmp1").unwrap().is_none());
     let in_pod = link::require(&hp, "mvtmp1").unwrap();
@@ -134,7 +135,8 @@ fn vxlan_device() {
     let tn = TestNet::new("kh").unwrap();
     let h = tn.handle().unwrap();
     let under = link::create_veth(&h, "under0", "under0p", None, &VethOptions::default()).unwrap();
-    let opts = VxlanOptions { vni: 42, local: Some("192.0.2.1".parse().unwrap()), dev: Some(under), ..Default::default() };
+    let opts =
+        VxlanOptions { vni: 42, local: Some("192.0.2.1".parse().unwrap()), dev: Some(under), ..Default::default() };
     let vx = link::create_vxlan(&h, "vxlan42", &opts).unwrap();
     let l = link::get_by_index(&h, vx).unwrap().unwrap();
     assert_eq!(l.kind.as_deref(), Some("vxlan"));
@@ -166,9 +168,11 @@ fn delete_group_takes_only_its_members_at_once() {
     let pod = tn.pod("pod").unwrap();
     let h = tn.handle().unwrap();
     let hp = tn.handle_in(&pod).unwrap();
-    let uplink = link::create_veth(&h, "uplink0", "uplink0p", None, &VethOptions { up: true, ..Default::default() }).unwrap();
+    let uplink =
+        link::create_veth(&h, "uplink0", "uplink0p", None, &VethOptions { up: true, ..Default::default() }).unwrap();
     link::create_macvlan_with(&h, "eth0", uplink, MacvlanMode::Bridge, Some(&pod), None, None).unwrap();
-    let host_end = link::create_veth(&h, "vethh", "veth0", Some(&pod), &VethOptions { up: true, ..Default::default() }).unwrap();
+    let host_end =
+        link::create_veth(&h, "vethh", "veth0", Some(&pod), &VethOptions { up: true, ..Default::default() }).unwrap();
     link::create_veth(&hp, "keep0", "keep1", None, &VethOptions::default()).unwrap();
 
     for name in ["eth0", "veth0"] {

@@ -5,7 +5,6 @@ use knit_host::nft::{Chain, Expr, Hook, Nft, NftRule, Table, TableFamily, CT_NEW
 use knit_host::testing::TestNet;
 use knit_host::{addr, link, IpNet, Netns};
 
-
 fn steering(name: &str) -> Table {
     Table {
         family: TableFamily::Ip,
@@ -61,7 +60,13 @@ fn write_list_read_rewrite_delete() {
     // A batch the kernel refuses changes nothing and names the table.
     let mut bad = t.clone();
     bad.chains[1].rules.clear();
-    bad.chains.push(Chain { name: "bogus".into(), kind: "no-such-type".into(), hook: Some(Hook::Input), priority: 0, rules: Vec::new() });
+    bad.chains.push(Chain {
+        name: "bogus".into(),
+        kind: "no-such-type".into(),
+        hook: Some(Hook::Input),
+        priority: 0,
+        rules: Vec::new(),
+    });
     let err = nft.apply(&bad).unwrap_err();
     assert!(err.to_string().contains("knit-test"), "{err}");
     assert_eq!(nft_list(&tn, ns), listed);

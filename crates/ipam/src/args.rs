@@ -46,8 +46,8 @@ pub fn parse_cni_args(s: &str) -> Result<CniArgs> {
             "K8S_POD_NAME" if !v.is_empty() => name = Some(v.to_string()),
             "IP" => {
                 for ip in v.split(',').filter(|s| !s.trim().is_empty()) {
-                    let ip = parse_ip_loose(ip)
-                        .ok_or_else(|| Error::Args(format!("IP={ip:?} is not an IP address")))?;
+                    let ip =
+                        parse_ip_loose(ip).ok_or_else(|| Error::Args(format!("IP={ip:?} is not an IP address")))?;
                     out.ips.push(ip);
                 }
             }
@@ -65,29 +65,18 @@ pub fn parse_cni_args(s: &str) -> Result<CniArgs> {
 pub fn netconf_ips(netconf: &Value) -> Result<Vec<IpAddr>> {
     let mut out = Vec::new();
     for (path, v) in [
-        (
-            "runtimeConfig.ips",
-            netconf.get("runtimeConfig").and_then(|r| r.get("ips")),
-        ),
-        (
-            "args.cni.ips",
-            netconf
-                .get("args")
-                .and_then(|a| a.get("cni"))
-                .and_then(|c| c.get("ips")),
-        ),
+        ("runtimeConfig.ips", netconf.get("runtimeConfig").and_then(|r| r.get("ips"))),
+        ("args.cni.ips", netconf.get("args").and_then(|a| a.get("cni")).and_then(|c| c.get("ips"))),
     ] {
         let Some(v) = v else { continue };
         let Some(list) = v.as_array() else {
             return Err(Error::config(path, "expected a list of IP addresses"));
         };
         for (i, item) in list.iter().enumerate() {
-            let ip = item.as_str().and_then(parse_ip_loose).ok_or_else(|| {
-                Error::config(
-                    format!("{path}[{i}]"),
-                    format!("{item} is not an IP address"),
-                )
-            })?;
+            let ip = item
+                .as_str()
+                .and_then(parse_ip_loose)
+                .ok_or_else(|| Error::config(format!("{path}[{i}]"), format!("{item} is not an IP address")))?;
             if !out.contains(&ip) {
                 out.push(ip);
             }
@@ -99,12 +88,7 @@ pub fn netconf_ips(netconf: &Value) -> Result<Vec<IpAddr>> {
 impl AllocRequest {
     /// Build a request from a CNI invocation: `CNI_CONTAINERID`, `CNI_IFNAME`, `CNI_ARGS` and the
     /// parsed network config (for `runtimeConfig.ips`).
-    pub fn from_cni(
-        container_id: &str,
-        ifname: &str,
-        cni_args: Option<&str>,
-        netconf: Option<&Value>,
-    ) -> Result<Self> {
+    pub fn from_cni(container_id: &str, ifname: &str, cni_args: Option<&str>, netconf: Option<&Value>) -> Result<Self> {
         let args = match cni_args {
             Some(s) => parse_cni_args(s)?,
             None => CniArgs::default(),
@@ -132,18 +116,10 @@ mod tests {
 
     #[test]
     fn cni_args() {
-        let a = parse_cni_args(
-            "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0;IP=10.0.0.5/24,fd00::5",
-        )
-        .unwrap();
+        let a = parse_cni_args("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0;IP=10.0.0.5/24,fd00::5")
+            .unwrap();
         assert_eq!(a.pod, Some(PodRef::new("default", "web-0")));
-        assert_eq!(
-            a.ips,
-            vec![
-                "10.0.0.5".parse::<IpAddr>().unwrap(),
-                "fd00::5".parse().unwrap()
-            ]
-        );
+        assert_eq!(a.ips, vec!["10.0.0.5".parse::<IpAddr>().unwrap(), "fd00::5".parse().unwrap()]);
         assert_eq!(parse_cni_args("IP=nope").unwrap_err().cni_code(), 4);
         assert_eq!(parse_cni_args("junk").unwrap_err().cni_code(), 4);
         assert_eq!(parse_cni_args("").unwrap(), CniArgs::default());

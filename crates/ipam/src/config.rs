@@ -111,12 +111,7 @@ pub struct RawPool {
     pub range_start: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub range_end: Option<String>,
-    #[serde(
-        rename = "excludeIPs",
-        alias = "excludeIps",
-        default,
-        skip_serializing_if = "Vec::is_empty"
-    )]
+    #[serde(rename = "excludeIPs", alias = "excludeIps", default, skip_serializing_if = "Vec::is_empty")]
     pub exclude_ips: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<String>,
@@ -255,10 +250,7 @@ impl PoolConfig {
         let n = addr::to_u128(ip);
         let (first, last) = addr::net_bounds(&self.cidr);
         if n < first || n > last {
-            return Some(format!(
-                "{ip} is outside pool {} ({})",
-                self.name, self.cidr
-            ));
+            return Some(format!("{ip} is outside pool {} ({})", self.name, self.cidr));
         }
         if Some(*ip) == self.gateway {
             return Some(format!("{ip} is the gateway of pool {}", self.name));
@@ -269,10 +261,7 @@ impl PoolConfig {
             return Some(format!("{ip} is the network address of pool {}", self.name));
         }
         if n == last && v4 && prefix <= 30 {
-            return Some(format!(
-                "{ip} is the broadcast address of pool {}",
-                self.name
-            ));
+            return Some(format!("{ip} is the broadcast address of pool {}", self.name));
         }
         if self.excluded.contains(n) {
             return Some(format!("{ip} is in excludeIPs of pool {}", self.name));
@@ -313,33 +302,22 @@ impl PoolConfig {
             return Err(Error::config(f("name"), "must not be empty"));
         }
         if raw.name.starts_with('.')
-            || !raw
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            || !raw.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         {
             return Err(Error::config(
                 f("name"),
-                format!(
-                    "{:?}: only letters, digits, '-', '_' and '.' (not first) are allowed",
-                    raw.name
-                ),
+                format!("{:?}: only letters, digits, '-', '_' and '.' (not first) are allowed", raw.name),
             ));
         }
-        let cidr: IpNet = raw.cidr.trim().parse().map_err(|_| {
-            Error::config(
-                f("cidr"),
-                format!("{:?} is not a CIDR (like 10.233.64.0/18)", raw.cidr),
-            )
-        })?;
+        let cidr: IpNet = raw
+            .cidr
+            .trim()
+            .parse()
+            .map_err(|_| Error::config(f("cidr"), format!("{:?} is not a CIDR (like 10.233.64.0/18)", raw.cidr)))?;
         if cidr.addr() != cidr.network() {
             return Err(Error::config(
                 f("cidr"),
-                format!(
-                    "{} has host bits set (did you mean {}?)",
-                    cidr,
-                    cidr.trunc()
-                ),
+                format!("{} has host bits set (did you mean {}?)", cidr, cidr.trunc()),
             ));
         }
         let family = Family::of_net(&cidr);
@@ -364,18 +342,12 @@ impl PoolConfig {
             ));
         }
         let parse_ip = |name: &str, s: &str| -> Result<IpAddr> {
-            let ip: IpAddr = s
-                .trim()
-                .parse()
-                .map_err(|_| Error::config(f(name), format!("{s:?} is not an IP address")))?;
+            let ip: IpAddr =
+                s.trim().parse().map_err(|_| Error::config(f(name), format!("{s:?} is not an IP address")))?;
             if Family::of(&ip) != family {
                 return Err(Error::config(
                     f(name),
-                    format!(
-                        "{ip} is {} but cidr {cidr} is {}",
-                        Family::of(&ip).name(),
-                        family.name()
-                    ),
+                    format!("{ip} is {} but cidr {cidr} is {}", Family::of(&ip).name(), family.name()),
                 ));
             }
             Ok(ip)
@@ -383,10 +355,7 @@ impl PoolConfig {
         let (first, last) = addr::net_bounds(&cidr);
         let in_cidr = |name: &str, ip: IpAddr| -> Result<IpAddr> {
             if !cidr.contains(&ip) {
-                return Err(Error::config(
-                    f(name),
-                    format!("{ip} is outside cidr {cidr}"),
-                ));
+                return Err(Error::config(f(name), format!("{ip} is outside cidr {cidr}")));
             }
             Ok(ip)
         };
@@ -400,10 +369,7 @@ impl PoolConfig {
         };
         if let (Some(s), Some(e)) = (range_start, range_end) {
             if addr::to_u128(&s) > addr::to_u128(&e) {
-                return Err(Error::config(
-                    f("rangeEnd"),
-                    format!("{e} is before rangeStart {s}"),
-                ));
+                return Err(Error::config(f("rangeEnd"), format!("{e} is before rangeStart {s}")));
             }
         }
         let gateway = match &raw.gateway {
@@ -438,21 +404,14 @@ impl PoolConfig {
                 let a = addr::to_u128(&parse_ip(&name, a)?);
                 let b = addr::to_u128(&parse_ip(&name, b)?);
                 if a > b {
-                    return Err(Error::config(
-                        f(&name),
-                        format!("{e:?}: range end is before its start"),
-                    ));
+                    return Err(Error::config(f(&name), format!("{e:?}: range end is before its start")));
                 }
                 Span { lo: a, hi: b }
             } else if e.contains('/') {
-                let n: IpNet = e.parse().map_err(|_| {
-                    Error::config(f(&name), format!("{e:?} is not an IP, CIDR or a-b range"))
-                })?;
+                let n: IpNet =
+                    e.parse().map_err(|_| Error::config(f(&name), format!("{e:?} is not an IP, CIDR or a-b range")))?;
                 if Family::of_net(&n) != family {
-                    return Err(Error::config(
-                        f(&name),
-                        format!("{e} is not {}", family.name()),
-                    ));
+                    return Err(Error::config(f(&name), format!("{e} is not {}", family.name())));
                 }
                 let (a, b) = addr::net_bounds(&n.trunc());
                 Span { lo: a, hi: b }
@@ -465,21 +424,18 @@ impl PoolConfig {
         let mut routes = Vec::new();
         for (i, r) in raw.routes.iter().enumerate() {
             let name = format!("routes[{i}]");
-            let dst: IpNet = r.dst.trim().parse().map_err(|_| {
-                Error::config(
-                    format!("{field}.{name}.dst"),
-                    format!("{:?} is not a CIDR", r.dst),
-                )
-            })?;
-            let gw = match &r.gw {
-                Some(g) => Some(g.trim().parse::<IpAddr>().map_err(|_| {
-                    Error::config(
-                        format!("{field}.{name}.gw"),
-                        format!("{g:?} is not an IP address"),
-                    )
-                })?),
-                None => None,
-            };
+            let dst: IpNet = r
+                .dst
+                .trim()
+                .parse()
+                .map_err(|_| Error::config(format!("{field}.{name}.dst"), format!("{:?} is not a CIDR", r.dst)))?;
+            let gw =
+                match &r.gw {
+                    Some(g) => Some(g.trim().parse::<IpAddr>().map_err(|_| {
+                        Error::config(format!("{field}.{name}.gw"), format!("{g:?} is not an IP address"))
+                    })?),
+                    None => None,
+                };
             if let Some(g) = gw {
                 if Family::of(&g) != Family::of_net(&dst) {
                     return Err(Error::config(
@@ -488,10 +444,7 @@ impl PoolConfig {
                     ));
                 }
             }
-            routes.push(Route {
-                dst: dst.trunc(),
-                gw,
-            });
+            routes.push(Route { dst: dst.trunc(), gw });
         }
         let mut pool = PoolConfig {
             name: raw.name.clone(),
@@ -580,10 +533,7 @@ impl IpamConfig {
     pub fn from_value(v: &Value, prefix: &str) -> Result<IpamConfig> {
         if !v.is_object() {
             let field = if prefix.is_empty() { "ipam" } else { prefix };
-            return Err(Error::config(
-                field,
-                format!("expected a JSON object, got {v}"),
-            ));
+            return Err(Error::config(field, format!("expected a JSON object, got {v}")));
         }
         let raw: RawIpamConfig = serde_path_to_error::deserialize(v).map_err(|e| {
             let field = serde_field(prefix, e.path());
@@ -602,17 +552,12 @@ impl IpamConfig {
             }
         };
         let node = match raw.node {
-            Some(n) if n.trim().is_empty() => {
-                return Err(Error::config(f("node"), "must not be empty"))
-            }
+            Some(n) if n.trim().is_empty() => return Err(Error::config(f("node"), "must not be empty")),
             Some(n) => n.trim().to_string(),
-            None => hostname()
-                .ok_or_else(|| Error::config(f("node"), "not set and the host name is unknown"))?,
+            None => hostname().ok_or_else(|| Error::config(f("node"), "not set and the host name is unknown"))?,
         };
         let data_dir = match raw.data_dir {
-            Some(d) if d.is_empty() => {
-                return Err(Error::config(f("dataDir"), "must not be empty"))
-            }
+            Some(d) if d.is_empty() => return Err(Error::config(f("dataDir"), "must not be empty")),
             Some(d) => PathBuf::from(d),
             None => PathBuf::from(DEFAULT_DATA_DIR),
         };
@@ -620,14 +565,10 @@ impl IpamConfig {
             None | Some("local") | Some("") => StoreKind::Local,
             Some("etcd") => {
                 if raw.etcd_endpoints.is_empty() {
-                    return Err(Error::config(
-                        f("etcdEndpoints"),
-                        "required with store \"etcd\"",
-                    ));
+                    return Err(Error::config(f("etcdEndpoints"), "required with store \"etcd\""));
                 }
                 for (i, e) in raw.etcd_endpoints.iter().enumerate() {
-                    let ok = (e.starts_with("http://") || e.starts_with("https://"))
-                        && e.len() > "https://".len();
+                    let ok = (e.starts_with("http://") || e.starts_with("https://")) && e.len() > "https://".len();
                     if !ok {
                         return Err(Error::config(
                             f(&format!("etcdEndpoints[{i}]")),
@@ -636,15 +577,8 @@ impl IpamConfig {
                     }
                 }
                 if raw.etcd_cert_file.is_some() != raw.etcd_key_file.is_some() {
-                    let missing = if raw.etcd_cert_file.is_some() {
-                        "etcdKeyFile"
-                    } else {
-                        "etcdCertFile"
-                    };
-                    return Err(Error::config(
-                        f(missing),
-                        "etcdCertFile and etcdKeyFile go together",
-                    ));
+                    let missing = if raw.etcd_cert_file.is_some() { "etcdKeyFile" } else { "etcdCertFile" };
+                    return Err(Error::config(f(missing), "etcdCertFile and etcdKeyFile go together"));
                 }
                 let path = |name: &str, v: &Option<String>| -> Result<Option<PathBuf>> {
                     match v.as_deref() {
@@ -666,12 +600,7 @@ impl IpamConfig {
                     node_lock: raw.etcd_node_lock.unwrap_or(true),
                 })
             }
-            Some(other) => {
-                return Err(Error::config(
-                    f("store"),
-                    format!("{other:?}: expected \"local\" or \"etcd\""),
-                ))
-            }
+            Some(other) => return Err(Error::config(f("store"), format!("{other:?}: expected \"local\" or \"etcd\""))),
         };
         if raw.pools.is_empty() {
             return Err(Error::config(f("pools"), "at least one pool is required"));
@@ -688,20 +617,14 @@ impl IpamConfig {
             let mut pool = PoolConfig::from_raw(p, &field)?;
             pool.inherit_probes(inherit.0, inherit.1);
             if !names.insert(pool.name.clone()) {
-                return Err(Error::config(
-                    format!("{field}.name"),
-                    format!("duplicate pool name {:?}", pool.name),
-                ));
+                return Err(Error::config(format!("{field}.name"), format!("duplicate pool name {:?}", pool.name)));
             }
-            if let Some(other) = pools.iter().find(|o| {
-                o.cidr.contains(&pool.cidr.network()) || pool.cidr.contains(&o.cidr.network())
-            }) {
+            if let Some(other) =
+                pools.iter().find(|o| o.cidr.contains(&pool.cidr.network()) || pool.cidr.contains(&o.cidr.network()))
+            {
                 return Err(Error::config(
                     format!("{field}.cidr"),
-                    format!(
-                        "{} overlaps pool {:?} ({})",
-                        pool.cidr, other.name, other.cidr
-                    ),
+                    format!("{} overlaps pool {:?} ({})", pool.cidr, other.name, other.cidr),
                 ));
             }
             pools.push(pool);
@@ -746,20 +669,14 @@ pub fn hostname() -> Option<String> {
 /// configuration with an `ipam` key, or a conflist (the first plugin whose ipam is knit-ipam).
 pub fn load_file(path: &std::path::Path) -> std::result::Result<IpamConfig, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let v: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
     let ipam = if let Some(plugins) = v.get("plugins").and_then(|p| p.as_array()) {
         plugins
             .iter()
             .filter_map(|p| p.get("ipam"))
             .find(|i| i.get("type").and_then(|t| t.as_str()) == Some("knit-ipam"))
             .cloned()
-            .ok_or_else(|| {
-                format!(
-                    "{}: no plugin with a knit-ipam ipam section",
-                    path.display()
-                )
-            })?
+            .ok_or_else(|| format!("{}: no plugin with a knit-ipam ipam section", path.display()))?
     } else if let Some(i) = v.get("ipam") {
         i.clone()
     } else {
@@ -774,8 +691,10 @@ mod tests {
 
     #[test]
     fn defaults() {
-        let c = IpamConfig::parse(br#"{"node":"n1","pools":[{"name":"p","cidr":"10.0.0.0/24"},{"name":"v6","cidr":"fd00::/64"}]}"#)
-            .unwrap();
+        let c = IpamConfig::parse(
+            br#"{"node":"n1","pools":[{"name":"p","cidr":"10.0.0.0/24"},{"name":"v6","cidr":"fd00::/64"}]}"#,
+        )
+        .unwrap();
         assert_eq!(c.pools[0].block_size, 26);
         assert_eq!(c.pools[1].block_size, 122);
         assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
@@ -786,15 +705,15 @@ mod tests {
         assert!(p.allocatable(&"10.0.0.1".parse().unwrap()));
         assert_eq!(p.allocatable_count(), 254);
         // A /28 pool keeps its own prefix as the default block size floor.
-        let c = IpamConfig::parse(br#"{"node":"n1","pools":[{"name":"p","cidr":"10.0.0.0/28"}]}"#)
-            .unwrap();
+        let c = IpamConfig::parse(br#"{"node":"n1","pools":[{"name":"p","cidr":"10.0.0.0/28"}]}"#).unwrap();
         assert_eq!(c.pools[0].block_size, 28);
     }
 
     #[test]
     fn etcd_settings() {
         let pools = r#""pools":[{"name":"p","cidr":"10.0.0.0/24"}]"#;
-        let parse = |extra: &str| IpamConfig::parse(format!(r#"{{"node":"n","store":"etcd",{extra}{pools}}}"#).as_bytes());
+        let parse =
+            |extra: &str| IpamConfig::parse(format!(r#"{{"node":"n","store":"etcd",{extra}{pools}}}"#).as_bytes());
         let c = parse(r#""etcdEndpoints":["https://e1:2379","https://e2:2379"],"etcdCAFile":"/ca.pem","etcdCertFile":"/c.pem","etcdKeyFile":"/k.pem","etcdTimeoutMs":500,"etcdNodeLock":false,"#).unwrap();
         let StoreKind::Etcd(e) = c.store else { panic!("not etcd") };
         assert_eq!(e.endpoints.len(), 2);
@@ -828,12 +747,23 @@ mod tests {
         assert_eq!(flags, vec![(true, true), (false, false), (false, false)]);
         // Not part of the stored pool record.
         assert_eq!(c.pools[1].raw.detect_ip_conflict, None);
-        let c = IpamConfig::parse(br#"{"node":"n","pools":[{"name":"a","cidr":"10.0.0.0/24","detectIPConflict":true}]}"#).unwrap();
+        let c =
+            IpamConfig::parse(br#"{"node":"n","pools":[{"name":"a","cidr":"10.0.0.0/24","detectIPConflict":true}]}"#)
+                .unwrap();
         assert!(c.pools[0].detect_ip_conflict && !c.pools[0].detect_gateway);
         for (json, field) in [
-            (r#"{"node":"n","pools":[{"name":"a","cidr":"10.0.0.0/24","detectGateway":true}]}"#, "pools[0].detectGateway"),
-            (r#"{"node":"n","pools":[{"name":"a","cidr":"fd00::/64","detectIPConflict":true}]}"#, "pools[0].detectIPConflict"),
-            (r#"{"node":"n","detectIPConflict":"yes","pools":[{"name":"a","cidr":"10.0.0.0/24"}]}"#, "detectIPConflict"),
+            (
+                r#"{"node":"n","pools":[{"name":"a","cidr":"10.0.0.0/24","detectGateway":true}]}"#,
+                "pools[0].detectGateway",
+            ),
+            (
+                r#"{"node":"n","pools":[{"name":"a","cidr":"fd00::/64","detectIPConflict":true}]}"#,
+                "pools[0].detectIPConflict",
+            ),
+            (
+                r#"{"node":"n","detectIPConflict":"yes","pools":[{"name":"a","cidr":"10.0.0.0/24"}]}"#,
+                "detectIPConflict",
+            ),
             (r#"{"node":"n","pools":[{"name":"a","cidr":"10.0.0.0/24","detectGateway":1}]}"#, "pools[0].detectGateway"),
         ] {
             let e = IpamConfig::parse(json.as_bytes()).unwrap_err();

@@ -111,16 +111,10 @@ impl Error {
     }
 
     pub(crate) fn config(field: impl Into<String>, msg: impl Into<String>) -> Self {
-        Error::Config {
-            field: field.into(),
-            msg: msg.into(),
-        }
+        Error::Config { field: field.into(), msg: msg.into() }
     }
 
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            source,
-        }
+        Error::Io { path: path.into(), source }
     }
 }

@@ -47,9 +47,9 @@
 pub mod addr;
 pub mod args;
 pub mod config;
-pub mod plugin;
 pub mod error;
 mod fxhash;
+pub mod plugin;
 pub mod probe;
 pub mod result;
 pub mod show;
@@ -109,10 +109,7 @@ impl AnyStore {
                 Duration::from_millis(cfg.lock_timeout_ms),
                 cfg.fsync,
             )?)),
-            StoreKind::Etcd(e) => Ok(AnyStore::Etcd(Box::new(EtcdStore::connect(
-                e,
-                Some(&cfg.data_dir),
-            )?))),
+            StoreKind::Etcd(e) => Ok(AnyStore::Etcd(Box::new(EtcdStore::connect(e, Some(&cfg.data_dir))?))),
         }
     }
 
@@ -166,10 +163,7 @@ impl Store for AnyStore {
     fn check(&self) -> Result<()> {
         any_store!(self, s => s.check())
     }
-    fn write_blocks(
-        &self,
-        writes: &[store::BlockWrite<'_>],
-    ) -> Result<Vec<Option<store::Version>>> {
+    fn write_blocks(&self, writes: &[store::BlockWrite<'_>]) -> Result<Vec<Option<store::Version>>> {
         any_store!(self, s => s.write_blocks(writes))
     }
 }
@@ -190,10 +184,8 @@ impl Ipam<AnyStore> {
 }
 
 fn jitter_sleep(attempt: u32) {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     // Exponential up to ~25 ms: 24 attempts then span about 0.4 s, enough for 32 processes
     // contending for one shared-pool block on 2 busy cores.
     let base = 50u64 << attempt.min(9);
@@ -263,22 +255,10 @@ impl<S: Store> Ipam<S> {
         let writes: Vec<store::BlockWrite<'_>> = changes
             .iter()
             .map(|c| match c {
-                Change::Put {
-                    pool,
-                    record,
-                    expect,
-                    changed,
-                } => store::BlockWrite::Put {
-                    pool,
-                    block: record,
-                    expect: *expect,
-                    changed,
-                },
-                Change::Delete { pool, cidr, expect } => store::BlockWrite::Delete {
-                    pool,
-                    cidr,
-                    expect: *expect,
-                },
+                Change::Put { pool, record, expect, changed } => {
+                    store::BlockWrite::Put { pool, block: record, expect: *expect, changed }
+                }
+                Change::Delete { pool, cidr, expect } => store::BlockWrite::Delete { pool, cidr, expect: *expect },
             })
             .collect();
         let versions = self.store.write_blocks(&writes)?;
@@ -306,9 +286,7 @@ impl<S: Store> Ipam<S> {
                     Err(e) => return Err(e),
                 }
             }
-            Err(Error::Busy(format!(
-                "{MAX_ATTEMPTS} conflicting attempts, last: {last}"
-            )))
+            Err(Error::Busy(format!("{MAX_ATTEMPTS} conflicting attempts, last: {last}")))
         })
     }
 
@@ -318,13 +296,8 @@ impl<S: Store> Ipam<S> {
             let Some(cfg) = self.cfg.pools.get(g.pool) else {
                 continue;
             };
-            let address =
-                IpNet::new(g.ip, cfg.cidr.prefix_len()).unwrap_or_else(|_| IpNet::from(g.ip));
-            out.ips.push(IpConfig {
-                pool: cfg.name.clone(),
-                address,
-                gateway: cfg.gateway,
-            });
+            let address = IpNet::new(g.ip, cfg.cidr.prefix_len()).unwrap_or_else(|_| IpNet::from(g.ip));
+            out.ips.push(IpConfig { pool: cfg.name.clone(), address, gateway: cfg.gateway });
             for r in &cfg.routes {
                 if !out.routes.contains(r) {
                     out.routes.push(r.clone());

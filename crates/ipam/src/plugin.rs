@@ -2,8 +2,8 @@
 //! CNI skeleton, and knit-routed calls them in-process when its `ipam.type` is `knit-ipam`
 //! (no second process per ADD, as Calico's plugin calls its IPAM library).
 
-use knit_cni::{CmdArgs, CniError, CniResult, Plugin};
 use crate::{AllocRequest, GcMode, Ipam, IpamConfig};
+use knit_cni::{CmdArgs, CniError, CniResult, Plugin};
 
 /// The knit-ipam plugin.
 pub struct KnitIpam;
@@ -38,8 +38,8 @@ impl Plugin for KnitIpam {
         let req = AllocRequest::from_cni(&args.container_id, &args.ifname, Some(&cni_args), Some(&netconf))
             .map_err(cni_err)?;
         // With detectIPConflict/detectGateway: ARP from CNI_IFNAME first (see knit_ipam::probe).
-        let r = crate::probe::allocate(&ipam, &req, &args.netns, &args.ifname)
-            .map_err(|e| CniError::new(e.code, e.msg))?;
+        let r =
+            crate::probe::allocate(&ipam, &req, &args.netns, &args.ifname).map_err(|e| CniError::new(e.code, e.msg))?;
         Ok(to_result(&r))
     }
 
@@ -70,14 +70,9 @@ impl Plugin for KnitIpam {
     /// address back; `knit ipam release` frees them explicitly.
     fn gc(&self, args: &CmdArgs) -> Result<(), CniError> {
         let ipam = open(args)?;
-        let valid: Vec<(String, String)> = args
-            .conf
-            .valid_attachments()?
-            .into_iter()
-            .map(|a| (a.container_id, a.ifname))
-            .collect();
+        let valid: Vec<(String, String)> =
+            args.conf.valid_attachments()?.into_iter().map(|a| (a.container_id, a.ifname)).collect();
         ipam.gc(&valid, GcMode::KeepFixed).map_err(cni_err)?;
         Ok(())
     }
 }
-

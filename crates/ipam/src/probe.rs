@@ -85,18 +85,12 @@ impl std::error::Error for ProbeError {}
 
 impl From<Error> for ProbeError {
     fn from(e: Error) -> Self {
-        ProbeError {
-            code: e.cni_code(),
-            msg: e.msg(),
-        }
+        ProbeError { code: e.cni_code(), msg: e.msg() }
     }
 }
 
 fn host_err(what: &str, e: knit_host::Error) -> ProbeError {
-    ProbeError {
-        code: CODE_IO,
-        msg: format!("{what}: {e}"),
-    }
+    ProbeError { code: CODE_IO, msg: format!("{what}: {e}") }
 }
 
 /// The pod interface opened for probing, with an ARP socket on it.
@@ -129,11 +123,7 @@ impl Prober {
 
     /// Sends `pkt` up to [`TRIES`] times, evenly over [`PROBE_TIME`], until `pred` accepts a
     /// received packet.
-    fn ask(
-        &self,
-        pkt: ArpPacket,
-        mut pred: impl FnMut(&ArpPacket) -> bool,
-    ) -> Result<Option<ArpPacket>, ProbeError> {
+    fn ask(&self, pkt: ArpPacket, mut pred: impl FnMut(&ArpPacket) -> bool) -> Result<Option<ArpPacket>, ProbeError> {
         let start = Instant::now();
         let what = format!("ARP on {}", self.iface.name());
         for i in 1..=TRIES {
@@ -151,8 +141,7 @@ impl Prober {
         let me = self.mac;
         let hit = self.ask(ArpPacket::probe(me, ip), |p| {
             p.sender_mac != me
-                && (p.sender_ip == ip
-                    || (p.op == OP_REQUEST && p.sender_ip.is_unspecified() && p.target_ip == ip))
+                && (p.sender_ip == ip || (p.op == OP_REQUEST && p.sender_ip.is_unspecified() && p.target_ip == ip))
         })?;
         Ok(hit.map(|p| p.sender_mac))
     }
@@ -182,10 +171,7 @@ impl Prober {
 
 /// Whether any pool of `ipam`'s config has a probe on.
 pub fn enabled<S: Store>(ipam: &Ipam<S>) -> bool {
-    ipam.cfg
-        .pools
-        .iter()
-        .any(|p| p.detect_ip_conflict || p.detect_gateway)
+    ipam.cfg.pools.iter().any(|p| p.detect_ip_conflict || p.detect_gateway)
 }
 
 /// The fixed IPs `req`'s pod identity holds in `st` (any pool, any interface).
@@ -234,7 +220,9 @@ impl<S: Store> Ipam<S> {
                 }
             }
             let Some((p, owner, fixed)) = found else {
-                return Err(Error::IpUnavailable(format!("{ip} is in use on the network, and no longer allocated here")));
+                return Err(Error::IpUnavailable(format!(
+                    "{ip} is in use on the network, and no longer allocated here"
+                )));
             };
             if fixed && fixed_before.contains(&ip) {
                 return Err(Error::IpUnavailable(format!(
@@ -359,10 +347,9 @@ fn probe_all<S: Store>(
             });
         }
         r = ipam.replace_conflicting(req, IpAddr::V4(ip), fixed_before).map_err(|e| match e {
-            Error::IpUnavailable(m) => ProbeError {
-                code: crate::error::CODE_IP_UNAVAILABLE,
-                msg: format!("{m} (ARP answer from {mac})"),
-            },
+            Error::IpUnavailable(m) => {
+                ProbeError { code: crate::error::CODE_IP_UNAVAILABLE, msg: format!("{m} (ARP answer from {mac})") }
+            }
             other => other.into(),
         })?;
         marked.push((ip, mac));

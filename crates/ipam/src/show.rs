@@ -140,11 +140,7 @@ impl fmt::Display for PoolSummary {
             self.name,
             self.cidr,
             self.block_size,
-            if self.affinity {
-                "per-node blocks"
-            } else {
-                "shared"
-            },
+            if self.affinity { "per-node blocks" } else { "shared" },
             if self.fixed_ips { ", fixed IPs" } else { "" },
             self.used,
             self.reserved,
@@ -154,25 +150,9 @@ impl fmt::Display for PoolSummary {
         if self.blocks.is_empty() {
             return Ok(());
         }
-        let w = self
-            .blocks
-            .iter()
-            .map(|b| b.cidr.to_string().len())
-            .max()
-            .unwrap_or(5)
-            .max(5);
-        let ow = self
-            .blocks
-            .iter()
-            .map(|b| b.owner.as_deref().unwrap_or("-").len())
-            .max()
-            .unwrap_or(5)
-            .max(5);
-        writeln!(
-            f,
-            "  {:<w$}  {:<ow$}  {:>6}  {:>8}  {:>6}  BORROWED",
-            "BLOCK", "OWNER", "USED", "RESERVED", "FREE"
-        )?;
+        let w = self.blocks.iter().map(|b| b.cidr.to_string().len()).max().unwrap_or(5).max(5);
+        let ow = self.blocks.iter().map(|b| b.owner.as_deref().unwrap_or("-").len()).max().unwrap_or(5).max(5);
+        writeln!(f, "  {:<w$}  {:<ow$}  {:>6}  {:>8}  {:>6}  BORROWED", "BLOCK", "OWNER", "USED", "RESERVED", "FREE")?;
         for b in &self.blocks {
             let borrowed: Vec<String> = b.borrowed.iter().map(|i| i.to_string()).collect();
             writeln!(
@@ -183,11 +163,7 @@ impl fmt::Display for PoolSummary {
                 b.used,
                 b.reserved,
                 b.free,
-                if borrowed.is_empty() {
-                    "-".to_string()
-                } else {
-                    borrowed.join(",")
-                }
+                if borrowed.is_empty() { "-".to_string() } else { borrowed.join(",") }
             )?;
         }
         for (node, n) in &self.nodes {
@@ -196,11 +172,7 @@ impl fmt::Display for PoolSummary {
                 f,
                 "  node {node}: {} used, blocks {}",
                 n.used,
-                if blocks.is_empty() {
-                    "-".to_string()
-                } else {
-                    blocks.join(" ")
-                }
+                if blocks.is_empty() { "-".to_string() } else { blocks.join(" ") }
             )?;
         }
         Ok(())

@@ -30,10 +30,7 @@ pub struct PodRef {
 
 impl PodRef {
     pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        PodRef {
-            namespace: namespace.into(),
-            name: name.into(),
-        }
+        PodRef { namespace: namespace.into(), name: name.into() }
     }
 }
 
@@ -55,12 +52,7 @@ pub struct AllocRequest {
 
 impl AllocRequest {
     pub fn new(container_id: impl Into<String>, ifname: impl Into<String>) -> Self {
-        AllocRequest {
-            container_id: container_id.into(),
-            ifname: ifname.into(),
-            pod: None,
-            requested: Vec::new(),
-        }
+        AllocRequest { container_id: container_id.into(), ifname: ifname.into(), pod: None, requested: Vec::new() }
     }
 
     pub fn with_pod(mut self, pod: PodRef) -> Self {
@@ -164,11 +156,7 @@ fn set_bits(bits: &mut [u64], a: u64, b: u64, value: bool) {
         let w = (i / 64) as usize;
         let bit = i % 64;
         let n = (64 - bit).min(b - i + 1);
-        let mask = if n == 64 {
-            u64::MAX
-        } else {
-            ((1u64 << n) - 1) << bit
-        };
+        let mask = if n == 64 { u64::MAX } else { ((1u64 << n) - 1) << bit };
         if let Some(word) = bits.get_mut(w) {
             if value {
                 *word |= mask;
@@ -221,22 +209,12 @@ impl Block {
         let lo = cfg.lo.max(self.base);
         let hi = cfg.hi.min(self.last());
         if lo <= hi {
-            set_bits(
-                &mut bits,
-                (lo - self.base) as u64,
-                (hi - self.base) as u64,
-                true,
-            );
+            set_bits(&mut bits, (lo - self.base) as u64, (hi - self.base) as u64, true);
             for s in cfg.excluded.spans() {
                 let a = s.lo.max(lo);
                 let b = s.hi.min(hi);
                 if a <= b {
-                    set_bits(
-                        &mut bits,
-                        (a - self.base) as u64,
-                        (b - self.base) as u64,
-                        false,
-                    );
+                    set_bits(&mut bits, (a - self.base) as u64, (b - self.base) as u64, false);
                 }
             }
         }
@@ -415,10 +393,7 @@ pub struct State {
 }
 
 fn corrupt(pool: &str, msg: String) -> Error {
-    Error::Corrupt {
-        path: format!("pool {pool}").into(),
-        msg,
-    }
+    Error::Corrupt { path: format!("pool {pool}").into(), msg }
 }
 
 impl State {
@@ -440,13 +415,7 @@ impl State {
     pub fn add_pool(&mut self, cfg: PoolConfig) -> usize {
         let hb = u32::from(cfg.family.bits() - cfg.block_size);
         let base = addr::to_u128(&cfg.cidr.network());
-        self.pools.push(PoolState {
-            cfg,
-            hb,
-            base,
-            blocks: BTreeMap::new(),
-            deleted: Vec::new(),
-        });
+        self.pools.push(PoolState { cfg, hb, base, blocks: BTreeMap::new(), deleted: Vec::new() });
         self.pools.len() - 1
     }
 
@@ -456,12 +425,7 @@ impl State {
     }
 
     /// Add a stored block record to pool `pool`. Fails if it does not fit the pool's geometry.
-    pub fn add_block(
-        &mut self,
-        pool: usize,
-        rec: BlockRecord,
-        version: Option<Version>,
-    ) -> Result<()> {
+    pub fn add_block(&mut self, pool: usize, rec: BlockRecord, version: Option<Version>) -> Result<()> {
         let Some(ps) = self.pools.get_mut(pool) else {
             return Err(corrupt("?", format!("no pool index {pool}")));
         };
@@ -481,10 +445,7 @@ impl State {
         }
         let idx = ps.block_index(addr::to_u128(&rec.cidr.network()));
         if ps.blocks.contains_key(&idx) {
-            return Err(corrupt(
-                &cfg.name,
-                format!("block {} stored twice", rec.cidr),
-            ));
+            return Err(corrupt(&cfg.name, format!("block {} stored twice", rec.cidr)));
         }
         let mut block = Block::new(rec.cidr, rec.owner, version);
         // Records arrive sorted by address (both store formats keep them so): the block's map
@@ -493,59 +454,31 @@ impl State {
         let mut max_off: Option<u128> = None;
         for a in rec.allocs {
             if !rec.cidr.contains(&a.ip) {
-                return Err(corrupt(
-                    &cfg.name,
-                    format!("{} recorded in block {}", a.ip, rec.cidr),
-                ));
+                return Err(corrupt(&cfg.name, format!("{} recorded in block {}", a.ip, rec.cidr)));
             }
             let off = addr::to_u128(&a.ip) - block.base;
             // Only an address at or below the highest so far can repeat one (never, in order).
             if max_off.is_some_and(|m| m >= off) {
                 let dup = sorted.iter().any(|(o, _)| *o == off);
                 if dup {
-                    return Err(corrupt(
-                        &cfg.name,
-                        format!("{} recorded twice in block {}", a.ip, rec.cidr),
-                    ));
+                    return Err(corrupt(&cfg.name, format!("{} recorded twice in block {}", a.ip, rec.cidr)));
                 }
             }
             max_off = Some(max_off.map_or(off, |m| m.max(off)));
             let pod = match (a.ns, a.pod) {
-                (Some(ns), Some(name)) => Some(PodRef {
-                    namespace: ns,
-                    name,
-                }),
+                (Some(ns), Some(name)) => Some(PodRef { namespace: ns, name }),
                 _ => None,
             };
-            let loc = Loc {
-                pool,
-                block: idx,
-                off,
-            };
+            let loc = Loc { pool, block: idx, off };
             if let Some(cid) = &a.cid {
-                self.handles
-                    .entry((cid.clone(), a.ifname.clone()))
-                    .or_default()
-                    .push(loc);
+                self.handles.entry((cid.clone(), a.ifname.clone())).or_default().push(loc);
             }
             if a.fixed {
                 if let Some(p) = &pod {
-                    self.fixed.insert(
-                        (pool, p.namespace.clone(), p.name.clone(), a.ifname.clone()),
-                        loc,
-                    );
+                    self.fixed.insert((pool, p.namespace.clone(), p.name.clone(), a.ifname.clone()), loc);
                 }
             }
-            sorted.push((
-                off,
-                Alloc {
-                    cid: a.cid,
-                    ifname: a.ifname,
-                    node: a.node,
-                    pod,
-                    fixed: a.fixed,
-                },
-            ));
+            sorted.push((off, Alloc { cid: a.cid, ifname: a.ifname, node: a.node, pod, fixed: a.fixed }));
         }
         // `from_iter` sorts (stably, so an already sorted list costs one pass) and bulk-builds.
         block.allocs = sorted.into_iter().collect();
@@ -558,19 +491,12 @@ impl State {
         let mut out = Vec::new();
         for ps in &mut self.pools {
             for (cidr, v) in ps.deleted.drain(..) {
-                out.push(Change::Delete {
-                    pool: ps.cfg.name.clone(),
-                    cidr,
-                    expect: v,
-                });
+                out.push(Change::Delete { pool: ps.cfg.name.clone(), cidr, expect: v });
             }
             for b in ps.blocks.values_mut() {
                 if !b.touched.is_empty() {
-                    let mut changed: Vec<IpAddr> = b
-                        .touched
-                        .drain(..)
-                        .map(|off| addr::from_u128(ps.cfg.family, b.base + off))
-                        .collect();
+                    let mut changed: Vec<IpAddr> =
+                        b.touched.drain(..).map(|off| addr::from_u128(ps.cfg.family, b.base + off)).collect();
                     changed.sort();
                     out.push(Change::Put {
                         pool: ps.cfg.name.clone(),
@@ -600,27 +526,13 @@ impl State {
     }
 
     fn alloc_at(&self, loc: Loc) -> Option<&Alloc> {
-        self.pools
-            .get(loc.pool)?
-            .blocks
-            .get(&loc.block)?
-            .allocs
-            .get(&loc.off)
+        self.pools.get(loc.pool)?.blocks.get(&loc.block)?.allocs.get(&loc.off)
     }
 
     /// Addresses held by an attachment.
     pub fn lookup(&self, container_id: &str, ifname: &str) -> Vec<Grant> {
-        match self
-            .handles
-            .get(&(container_id.to_string(), ifname.to_string()))
-        {
-            Some(locs) => locs
-                .iter()
-                .map(|l| Grant {
-                    pool: l.pool,
-                    ip: self.ip_at(*l),
-                })
-                .collect(),
+        match self.handles.get(&(container_id.to_string(), ifname.to_string())) {
+            Some(locs) => locs.iter().map(|l| Grant { pool: l.pool, ip: self.ip_at(*l) }).collect(),
             None => Vec::new(),
         }
     }
@@ -644,21 +556,10 @@ impl State {
         );
         block.mark_used(loc.off);
         block.touch(loc.off);
-        self.handles
-            .entry((req.container_id.clone(), req.ifname.clone()))
-            .or_default()
-            .push(loc);
+        self.handles.entry((req.container_id.clone(), req.ifname.clone())).or_default().push(loc);
         if fixed {
             if let Some(p) = &req.pod {
-                self.fixed.insert(
-                    (
-                        loc.pool,
-                        p.namespace.clone(),
-                        p.name.clone(),
-                        req.ifname.clone(),
-                    ),
-                    loc,
-                );
+                self.fixed.insert((loc.pool, p.namespace.clone(), p.name.clone(), req.ifname.clone()), loc);
             }
         }
     }
@@ -666,9 +567,7 @@ impl State {
     /// Hand an existing slot (fixed reservation or takeover) to `req`.
     fn rebind(&mut self, loc: Loc, node: &str, req: &AllocRequest) {
         let key = (req.container_id.clone(), req.ifname.clone());
-        let old = self
-            .alloc_at(loc)
-            .and_then(|a| a.cid.clone().map(|c| (c, a.ifname.clone())));
+        let old = self.alloc_at(loc).and_then(|a| a.cid.clone().map(|c| (c, a.ifname.clone())));
         if let Some(old_key) = old {
             if old_key != key {
                 if let Some(v) = self.handles.get_mut(&old_key) {
@@ -720,12 +619,7 @@ impl State {
         }
         if a.fixed {
             if let Some(p) = &a.pod {
-                let fk = (
-                    loc.pool,
-                    p.namespace.clone(),
-                    p.name.clone(),
-                    a.ifname.clone(),
-                );
+                let fk = (loc.pool, p.namespace.clone(), p.name.clone(), a.ifname.clone());
                 if self.fixed.get(&fk) == Some(&loc) {
                     self.fixed.remove(&fk);
                 }
@@ -737,12 +631,7 @@ impl State {
     /// Allocate one address per family of the pools (or return what the attachment already
     /// holds). `pools` restricts the candidate pools (indices, in preference order); `None`
     /// means all pools in index order.
-    pub fn allocate(
-        &mut self,
-        node: &str,
-        req: &AllocRequest,
-        pools: Option<&[usize]>,
-    ) -> Result<Vec<Grant>> {
+    pub fn allocate(&mut self, node: &str, req: &AllocRequest, pools: Option<&[usize]>) -> Result<Vec<Grant>> {
         let all: Vec<usize>;
         let pools = match pools {
             Some(p) => p,
@@ -753,13 +642,7 @@ impl State {
         };
         let key = (req.container_id.clone(), req.ifname.clone());
         let mut out: Vec<Grant> = match self.handles.get(&key) {
-            Some(locs) => locs
-                .iter()
-                .map(|l| Grant {
-                    pool: l.pool,
-                    ip: self.ip_at(*l),
-                })
-                .collect(),
+            Some(locs) => locs.iter().map(|l| Grant { pool: l.pool, ip: self.ip_at(*l) }).collect(),
             None => Vec::new(),
         };
         let mut done: HashSet<Family> = out.iter().map(|g| Family::of(&g.ip)).collect();
@@ -770,11 +653,8 @@ impl State {
             }
             let fam = Family::of(ip);
             if done.contains(&fam) {
-                let have: Vec<String> = out
-                    .iter()
-                    .filter(|g| Family::of(&g.ip) == fam)
-                    .map(|g| g.ip.to_string())
-                    .collect();
+                let have: Vec<String> =
+                    out.iter().filter(|g| Family::of(&g.ip) == fam).map(|g| g.ip.to_string()).collect();
                 return Err(Error::IpUnavailable(format!(
                     "container {} ifname {} already holds {}; cannot also take requested IP {ip}",
                     req.container_id,
@@ -799,18 +679,12 @@ impl State {
             if done.contains(&fam) {
                 continue;
             }
-            let candidates: Vec<usize> = pools
-                .iter()
-                .copied()
-                .filter(|&p| self.pools.get(p).is_some_and(|ps| ps.cfg.family == fam))
-                .collect();
+            let candidates: Vec<usize> =
+                pools.iter().copied().filter(|&p| self.pools.get(p).is_some_and(|ps| ps.cfg.family == fam)).collect();
             let mut got = None;
             for &p in &candidates {
                 if let Some(loc) = self.allocate_in_pool(p, node, req) {
-                    got = Some(Grant {
-                        pool: p,
-                        ip: self.ip_at(loc),
-                    });
+                    got = Some(Grant { pool: p, ip: self.ip_at(loc) });
                     break;
                 }
             }
@@ -822,9 +696,7 @@ impl State {
                 None => {
                     let names: Vec<String> = candidates
                         .iter()
-                        .map(|&p| {
-                            format!("{} ({})", self.pools[p].cfg.name, self.pools[p].cfg.cidr)
-                        })
+                        .map(|&p| format!("{} ({})", self.pools[p].cfg.name, self.pools[p].cfg.cidr))
                         .collect();
                     return Err(Error::Exhausted(format!(
                         "no free {} address for node {node} in pool {}",
@@ -848,18 +720,8 @@ impl State {
         }
     }
 
-    fn allocate_requested(
-        &mut self,
-        node: &str,
-        req: &AllocRequest,
-        ip: IpAddr,
-        pools: &[usize],
-    ) -> Result<Grant> {
-        let Some(&p) = pools.iter().find(|&&p| {
-            self.pools
-                .get(p)
-                .is_some_and(|ps| ps.cfg.cidr.contains(&ip))
-        }) else {
+    fn allocate_requested(&mut self, node: &str, req: &AllocRequest, ip: IpAddr, pools: &[usize]) -> Result<Grant> {
+        let Some(&p) = pools.iter().find(|&&p| self.pools.get(p).is_some_and(|ps| ps.cfg.cidr.contains(&ip))) else {
             let names: Vec<String> = pools
                 .iter()
                 .filter_map(|&p| self.pools.get(p))
@@ -872,18 +734,12 @@ impl State {
         };
         let ps = &self.pools[p];
         if let Some(why) = ps.cfg.why_not_allocatable(&ip) {
-            return Err(Error::IpUnavailable(format!(
-                "requested IP {ip} cannot be allocated: {why}"
-            )));
+            return Err(Error::IpUnavailable(format!("requested IP {ip} cannot be allocated: {why}")));
         }
         let n = addr::to_u128(&ip);
         let idx = ps.block_index(n);
         let off = n - (ps.base + (idx << ps.hb));
-        let loc = Loc {
-            pool: p,
-            block: idx,
-            off,
-        };
+        let loc = Loc { pool: p, block: idx, off };
         if let Some(b) = ps.blocks.get(&idx) {
             if ps.cfg.affinity {
                 if let Some(owner) = &b.owner {
@@ -897,30 +753,19 @@ impl State {
                 }
             }
             if let Some(a) = b.allocs.get(&off) {
-                let same_identity = a.cid.is_none()
-                    && a.fixed
-                    && a.ifname == req.ifname
-                    && a.pod.is_some()
-                    && a.pod == req.pod;
+                let same_identity =
+                    a.cid.is_none() && a.fixed && a.ifname == req.ifname && a.pod.is_some() && a.pod == req.pod;
                 if same_identity {
                     self.rebind(loc, node, req);
                     return Ok(Grant { pool: p, ip });
                 }
-                return Err(Error::IpUnavailable(format!(
-                    "requested IP {ip} is in use by {}",
-                    Self::describe(a)
-                )));
+                return Err(Error::IpUnavailable(format!("requested IP {ip} is in use by {}", Self::describe(a))));
             }
         }
         // A fixed identity moving to a requested IP gives up its old reservation.
         if self.pools[p].cfg.fixed_ips {
             if let Some(pod) = &req.pod {
-                let fk = (
-                    p,
-                    pod.namespace.clone(),
-                    pod.name.clone(),
-                    req.ifname.clone(),
-                );
+                let fk = (p, pod.namespace.clone(), pod.name.clone(), req.ifname.clone());
                 if let Some(old) = self.fixed.get(&fk).copied() {
                     if self.alloc_at(old).is_some_and(|a| a.cid.is_none()) {
                         self.remove(old);
@@ -938,22 +783,12 @@ impl State {
         Ok(Grant { pool: p, ip })
     }
 
-    fn take_in_block(
-        &mut self,
-        p: usize,
-        idx: u128,
-        node: &str,
-        req: &AllocRequest,
-    ) -> Option<Loc> {
+    fn take_in_block(&mut self, p: usize, idx: u128, node: &str, req: &AllocRequest) -> Option<Loc> {
         let ps = &mut self.pools[p];
         let cfg = &ps.cfg;
         let block = ps.blocks.get_mut(&idx)?;
         let off = block.find_free(cfg)?;
-        let loc = Loc {
-            pool: p,
-            block: idx,
-            off,
-        };
+        let loc = Loc { pool: p, block: idx, off };
         self.insert(loc, node, req);
         Some(loc)
     }
@@ -962,12 +797,7 @@ impl State {
         // Fixed IP already known for this identity?
         if self.pools[p].cfg.fixed_ips {
             if let Some(pod) = &req.pod {
-                let fk = (
-                    p,
-                    pod.namespace.clone(),
-                    pod.name.clone(),
-                    req.ifname.clone(),
-                );
+                let fk = (p, pod.namespace.clone(), pod.name.clone(), req.ifname.clone());
                 if let Some(loc) = self.fixed.get(&fk).copied() {
                     if self.alloc_at(loc).is_some() {
                         self.rebind(loc, node, req);
@@ -983,11 +813,7 @@ impl State {
             let ps = &mut self.pools[p];
             let cfg = &ps.cfg;
             for (idx, b) in ps.blocks.iter_mut() {
-                let mine = if affinity {
-                    b.owner.as_deref() == Some(node)
-                } else {
-                    true
-                };
+                let mine = if affinity { b.owner.as_deref() == Some(node) } else { true };
                 if !mine {
                     continue;
                 }
@@ -1048,9 +874,7 @@ impl State {
         let mut out = Vec::new();
         for loc in locs {
             let ip = self.ip_at(loc);
-            let keep = self
-                .alloc_at(loc)
-                .is_some_and(|a| a.fixed && a.pod.is_some());
+            let keep = self.alloc_at(loc).is_some_and(|a| a.fixed && a.pod.is_some());
             if keep {
                 let Some(block) = self.pools[loc.pool].blocks.get_mut(&loc.block) else {
                     continue;
@@ -1070,12 +894,8 @@ impl State {
     /// Drop the fixed IPs of a pod identity: reservations are freed, live allocations become
     /// ordinary ones (freed by their DEL). Returns the addresses freed now.
     pub fn release_fixed(&mut self, pod: &PodRef) -> Vec<IpAddr> {
-        let keys: Vec<FixedKey> = self
-            .fixed
-            .keys()
-            .filter(|k| k.1 == pod.namespace && k.2 == pod.name)
-            .cloned()
-            .collect();
+        let keys: Vec<FixedKey> =
+            self.fixed.keys().filter(|k| k.1 == pod.namespace && k.2 == pod.name).cloned().collect();
         let mut out = Vec::new();
         for k in keys {
             let Some(loc) = self.fixed.remove(&k) else {
@@ -1102,10 +922,7 @@ impl State {
             .handles
             .iter()
             .filter(|(k, locs)| {
-                !valid.contains(*k)
-                    && locs
-                        .iter()
-                        .any(|l| self.alloc_at(*l).is_some_and(|a| a.node == node))
+                !valid.contains(*k) && locs.iter().any(|l| self.alloc_at(*l).is_some_and(|a| a.node == node))
             })
             .map(|(k, _)| k.clone())
             .collect();
@@ -1120,14 +937,7 @@ impl State {
                 for (idx, b) in &ps.blocks {
                     for (off, a) in &b.allocs {
                         if a.cid.is_none() && a.node == node {
-                            reserved.push((
-                                Loc {
-                                    pool: p,
-                                    block: *idx,
-                                    off: *off,
-                                },
-                                a.pod.clone(),
-                            ));
+                            reserved.push((Loc { pool: p, block: *idx, off: *off }, a.pod.clone()));
                         }
                     }
                 }
@@ -1197,10 +1007,7 @@ impl State {
                     return Err(format!("block index {idx} holds {}", b.cidr));
                 }
                 if ps.cfg.affinity != b.owner.is_some() {
-                    return Err(format!(
-                        "block {} owner {:?} in pool affinity={}",
-                        b.cidr, b.owner, ps.cfg.affinity
-                    ));
+                    return Err(format!("block {} owner {:?} in pool affinity={}", b.cidr, b.owner, ps.cfg.affinity));
                 }
                 if !ps.cfg.affinity && b.allocs.is_empty() {
                     return Err(format!("empty stripe {} kept", b.cidr));
@@ -1208,18 +1015,11 @@ impl State {
                 for (off, a) in &b.allocs {
                     let n = b.base + off;
                     if !ps.cfg.allocatable_n(n) || n > b.last() {
-                        return Err(format!(
-                            "{} not allocatable",
-                            addr::from_u128(ps.cfg.family, n)
-                        ));
+                        return Err(format!("{} not allocatable", addr::from_u128(ps.cfg.family, n)));
                     }
                     if let Some(cid) = &a.cid {
                         let k = (cid.clone(), a.ifname.clone());
-                        let loc = Loc {
-                            pool: p,
-                            block: *idx,
-                            off: *off,
-                        };
+                        let loc = Loc { pool: p, block: *idx, off: *off };
                         match self.handles.get(&k) {
                             Some(v) if v.contains(&loc) => {}
                             _ => return Err(format!("{k:?} missing from the index")),
@@ -1227,14 +1027,8 @@ impl State {
                         if let Some((k2, _)) = self.handles.get_key_value(&k) {
                             *seen.entry(k2).or_default() += 1;
                         }
-                        if ps.cfg.affinity
-                            && b.owner.as_deref() != Some(a.node.as_str())
-                            && !ps.cfg.borrow
-                        {
-                            return Err(format!(
-                                "{k:?} in block {} of {:?} without borrow",
-                                b.cidr, b.owner
-                            ));
+                        if ps.cfg.affinity && b.owner.as_deref() != Some(a.node.as_str()) && !ps.cfg.borrow {
+                            return Err(format!("{k:?} in block {} of {:?} without borrow", b.cidr, b.owner));
                         }
                     }
                 }
@@ -1280,7 +1074,10 @@ mod tests {
     }
 
     fn state() -> State {
-        let cfg = crate::IpamConfig::parse(br#"{"node":"n1","dataDir":"/nonexistent","pools":[{"name":"p","cidr":"10.0.0.0/24","blockSize":26}]}"#).unwrap();
+        let cfg = crate::IpamConfig::parse(
+            br#"{"node":"n1","dataDir":"/nonexistent","pools":[{"name":"p","cidr":"10.0.0.0/24","blockSize":26}]}"#,
+        )
+        .unwrap();
         State::new(cfg.pools.clone())
     }
 
@@ -1294,7 +1091,11 @@ mod tests {
         // The next allocation skips all three, whatever order they were stored in.
         let g = st.allocate("n1", &AllocRequest::new("new", "eth0"), None).unwrap();
         assert!(!["10.0.0.3", "10.0.0.5", "10.0.0.9"].contains(&g[0].ip.to_string().as_str()), "{g:?}");
-        for ips in [&["10.0.0.5", "10.0.0.5"][..], &["10.0.0.5", "10.0.0.3", "10.0.0.5"], &["10.0.0.3", "10.0.0.9", "10.0.0.3"]] {
+        for ips in [
+            &["10.0.0.5", "10.0.0.5"][..],
+            &["10.0.0.5", "10.0.0.3", "10.0.0.5"],
+            &["10.0.0.3", "10.0.0.9", "10.0.0.3"],
+        ] {
             let err = state().add_block(0, rec(ips), Some(1)).unwrap_err();
             assert!(err.to_string().contains("recorded twice"), "{ips:?}: {err}");
         }

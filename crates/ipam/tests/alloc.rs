@@ -8,10 +8,7 @@ use ipnet::IpNet;
 use knit_ipam::{AllocRequest, GcMode, Ipam, IpamConfig, PodRef};
 
 fn ipam(dir: &Path, node: &str, pools: &str) -> Ipam {
-    let json = format!(
-        r#"{{"type":"knit-ipam","node":"{node}","dataDir":"{}","pools":{pools}}}"#,
-        dir.display()
-    );
+    let json = format!(r#"{{"type":"knit-ipam","node":"{node}","dataDir":"{}","pools":{pools}}}"#, dir.display());
     Ipam::open(IpamConfig::parse(json.as_bytes()).unwrap()).unwrap()
 }
 
@@ -22,9 +19,7 @@ fn ip(s: &str) -> IpAddr {
 }
 
 fn alloc(i: &Ipam, cid: &str) -> IpAddr {
-    i.allocate(&AllocRequest::new(cid, "eth0")).unwrap().ips[0]
-        .address
-        .addr()
+    i.allocate(&AllocRequest::new(cid, "eth0")).unwrap().ips[0].address.addr()
 }
 
 #[test]
@@ -33,9 +28,7 @@ fn two_hundred_allocations_use_four_blocks() {
     let i = ipam(d.path(), "node1", OVERLAY);
     let mut seen = HashSet::new();
     for n in 0..200 {
-        let r = i
-            .allocate(&AllocRequest::new(format!("c{n}"), "eth0"))
-            .unwrap();
+        let r = i.allocate(&AllocRequest::new(format!("c{n}"), "eth0")).unwrap();
         assert_eq!(r.ips.len(), 1);
         assert_eq!(r.ips[0].address.prefix_len(), 18);
         assert!(seen.insert(r.ips[0].address.addr()));
@@ -47,10 +40,7 @@ fn two_hundred_allocations_use_four_blocks() {
         assert_eq!(b.prefix_len(), 26);
     }
     for a in &seen {
-        assert!(
-            blocks.iter().any(|b| b.contains(a)),
-            "{a} outside node1's blocks"
-        );
+        assert!(blocks.iter().any(|b| b.contains(a)), "{a} outside node1's blocks");
     }
     // The network address of the pool is never handed out.
     assert!(!seen.contains(&ip("10.233.64.0")));
@@ -62,10 +52,7 @@ fn two_hundred_allocations_use_four_blocks() {
     assert_eq!(s.pools[0].used, 200);
     assert_eq!(s.pools[0].nodes["node1"].blocks.len(), 4);
     let text = s.to_string();
-    assert!(
-        text.contains("10.233.64.0/26") && text.contains("node1"),
-        "{text}"
-    );
+    assert!(text.contains("10.233.64.0/26") && text.contains("node1"), "{text}");
     let j = serde_json::to_value(&s).unwrap();
     assert_eq!(j["pools"][0]["used"], 200);
     // Free counts from the path-level helper agree.
@@ -81,16 +68,9 @@ fn idempotent_allocate_and_release() {
     let a = alloc(&i, "c1");
     assert_eq!(alloc(&i, "c1"), a);
     // Same container, other interface: another address.
-    let b = i.allocate(&AllocRequest::new("c1", "net1")).unwrap().ips[0]
-        .address
-        .addr();
+    let b = i.allocate(&AllocRequest::new("c1", "net1")).unwrap().ips[0].address.addr();
     assert_ne!(a, b);
-    assert_eq!(
-        i.lookup("c1", "eth0").unwrap().unwrap().ips[0]
-            .address
-            .addr(),
-        a
-    );
+    assert_eq!(i.lookup("c1", "eth0").unwrap().unwrap().ips[0].address.addr(), a);
     assert_eq!(i.release("c1", "eth0").unwrap(), vec![a]);
     assert_eq!(i.release("c1", "eth0").unwrap(), Vec::<IpAddr>::new());
     assert!(i.lookup("c1", "eth0").unwrap().is_none());
@@ -111,21 +91,14 @@ fn gc_releases_everything_not_valid_on_this_node() {
         alloc(&n1, c);
     }
     let other = alloc(&n2, "z");
-    let rep = n1
-        .gc(&[("b".into(), "eth0".into())], GcMode::KeepFixed)
-        .unwrap();
+    let rep = n1.gc(&[("b".into(), "eth0".into())], GcMode::KeepFixed).unwrap();
     let mut released: Vec<String> = rep.released.iter().map(|r| r.0.clone()).collect();
     released.sort();
     assert_eq!(released, vec!["a", "c"]);
     assert!(n1.lookup("b", "eth0").unwrap().is_some());
     assert!(n1.lookup("a", "eth0").unwrap().is_none());
     // node2's allocation is untouched by node1's GC.
-    assert_eq!(
-        n2.lookup("z", "eth0").unwrap().unwrap().ips[0]
-            .address
-            .addr(),
-        other
-    );
+    assert_eq!(n2.lookup("z", "eth0").unwrap().unwrap().ips[0].address.addr(), other);
 }
 
 #[test]
@@ -135,65 +108,36 @@ fn requested_ip() {
     let n1 = ipam(d.path(), "node1", pools);
     let n2 = ipam(d.path(), "node2", pools);
     let want = ip("10.233.70.7");
-    let r = n1
-        .allocate(&AllocRequest::new("c1", "eth0").with_ip(want))
-        .unwrap();
+    let r = n1.allocate(&AllocRequest::new("c1", "eth0").with_ip(want)).unwrap();
     assert_eq!(r.ips[0].address.addr(), want);
     // Its block got claimed for node1.
-    assert!(n1
-        .blocks_of("node1")
-        .unwrap()
-        .contains(&"10.233.70.0/26".parse::<IpNet>().unwrap()));
+    assert!(n1.blocks_of("node1").unwrap().contains(&"10.233.70.0/26".parse::<IpNet>().unwrap()));
     // Idempotent with the same request.
-    assert_eq!(
-        n1.allocate(&AllocRequest::new("c1", "eth0").with_ip(want))
-            .unwrap(),
-        r
-    );
+    assert_eq!(n1.allocate(&AllocRequest::new("c1", "eth0").with_ip(want)).unwrap(), r);
     // In use by someone else.
-    let e = n1
-        .allocate(&AllocRequest::new("c2", "eth0").with_ip(want))
-        .unwrap_err();
+    let e = n1.allocate(&AllocRequest::new("c2", "eth0").with_ip(want)).unwrap_err();
     assert_eq!(e.cni_code(), 111);
     assert!(e.to_string().contains("in use by container c1"), "{e}");
     // In another node's block.
-    let e = n2
-        .allocate(&AllocRequest::new("c3", "eth0").with_ip(ip("10.233.70.9")))
-        .unwrap_err();
+    let e = n2.allocate(&AllocRequest::new("c3", "eth0").with_ip(ip("10.233.70.9"))).unwrap_err();
     assert_eq!(e.cni_code(), 111);
     assert!(e.to_string().contains("belongs to node node1"), "{e}");
     // Not in any pool.
-    let e = n1
-        .allocate(&AllocRequest::new("c4", "eth0").with_ip(ip("192.168.1.1")))
-        .unwrap_err();
+    let e = n1.allocate(&AllocRequest::new("c4", "eth0").with_ip(ip("192.168.1.1"))).unwrap_err();
     assert_eq!(e.cni_code(), 112);
     assert!(e.to_string().contains("no pool"), "{e}");
     // Gateway, excluded, network address.
-    for (bad, why) in [
-        ("10.233.64.1", "gateway"),
-        ("10.233.64.50", "excludeIPs"),
-        ("10.233.64.0", "network"),
-    ] {
-        let e = n1
-            .allocate(&AllocRequest::new("c5", "eth0").with_ip(ip(bad)))
-            .unwrap_err();
+    for (bad, why) in [("10.233.64.1", "gateway"), ("10.233.64.50", "excludeIPs"), ("10.233.64.0", "network")] {
+        let e = n1.allocate(&AllocRequest::new("c5", "eth0").with_ip(ip(bad))).unwrap_err();
         assert_eq!(e.cni_code(), 111, "{bad}");
         assert!(e.to_string().contains(why), "{e}");
     }
     // Failed requests left nothing behind.
     assert!(n1.lookup("c5", "eth0").unwrap().is_none());
     // CNI_ARGS path.
-    let req = AllocRequest::from_cni(
-        "c6",
-        "eth0",
-        Some("K8S_POD_NAMESPACE=ns;K8S_POD_NAME=p;IP=10.233.70.8"),
-        None,
-    )
-    .unwrap();
-    assert_eq!(
-        n1.allocate(&req).unwrap().ips[0].address.addr(),
-        ip("10.233.70.8")
-    );
+    let req =
+        AllocRequest::from_cni("c6", "eth0", Some("K8S_POD_NAMESPACE=ns;K8S_POD_NAME=p;IP=10.233.70.8"), None).unwrap();
+    assert_eq!(n1.allocate(&req).unwrap().ips[0].address.addr(), ip("10.233.70.8"));
 }
 
 #[test]
@@ -203,12 +147,7 @@ fn fixed_ips_follow_the_pod_identity() {
     let n1 = ipam(d.path(), "node1", pools);
     let n2 = ipam(d.path(), "node2", pools);
     let web0 = PodRef::new("default", "web-0");
-    let a = n1
-        .allocate(&AllocRequest::new("c1", "eth0").with_pod(web0.clone()))
-        .unwrap()
-        .ips[0]
-        .address
-        .addr();
+    let a = n1.allocate(&AllocRequest::new("c1", "eth0").with_pod(web0.clone())).unwrap().ips[0].address.addr();
     assert_eq!(a, ip("172.16.10.1"));
     // An ordinary pod takes the next one.
     let other = alloc(&n1, "x1");
@@ -220,80 +159,39 @@ fn fixed_ips_follow_the_pod_identity() {
     let y = alloc(&n1, "y1");
     assert_ne!(y, a);
     // Re-created with another container ID, on another node (shared pool): same address.
-    let again = n2
-        .allocate(&AllocRequest::new("c2", "eth0").with_pod(web0.clone()))
-        .unwrap()
-        .ips[0]
-        .address
-        .addr();
+    let again = n2.allocate(&AllocRequest::new("c2", "eth0").with_pod(web0.clone())).unwrap().ips[0].address.addr();
     assert_eq!(again, a);
     // Re-created before the old DEL arrived: the new container takes it over; the late DEL of
     // the old one does not free it.
-    let again2 = n2
-        .allocate(&AllocRequest::new("c3", "eth0").with_pod(web0.clone()))
-        .unwrap()
-        .ips[0]
-        .address
-        .addr();
+    let again2 = n2.allocate(&AllocRequest::new("c3", "eth0").with_pod(web0.clone())).unwrap().ips[0].address.addr();
     assert_eq!(again2, a);
     assert!(n2.release("c2", "eth0").unwrap().is_empty());
-    assert_eq!(
-        n2.lookup("c3", "eth0").unwrap().unwrap().ips[0]
-            .address
-            .addr(),
-        a
-    );
+    assert_eq!(n2.lookup("c3", "eth0").unwrap().unwrap().ips[0].address.addr(), a);
     // GC keeps the reservation in KeepFixed mode…
     n2.gc(&[], GcMode::KeepFixed).unwrap();
     assert_eq!(n2.show().unwrap().pools[0].reserved, 1);
-    assert_eq!(
-        n2.allocate(&AllocRequest::new("c4", "eth0").with_pod(web0.clone()))
-            .unwrap()
-            .ips[0]
-            .address
-            .addr(),
-        a
-    );
+    assert_eq!(n2.allocate(&AllocRequest::new("c4", "eth0").with_pod(web0.clone())).unwrap().ips[0].address.addr(), a);
     n2.release("c4", "eth0").unwrap();
     // …explicit release_fixed frees it.
     assert_eq!(n2.release_fixed(&web0).unwrap(), vec![a]);
     assert_eq!(n2.show().unwrap().pools[0].reserved, 0);
     // And GcMode::All frees reservations of the node too.
-    let b = n1
-        .allocate(&AllocRequest::new("d1", "eth0").with_pod(PodRef::new("default", "db-0")))
-        .unwrap()
-        .ips[0]
+    let b = n1.allocate(&AllocRequest::new("d1", "eth0").with_pod(PodRef::new("default", "db-0"))).unwrap().ips[0]
         .address
         .addr();
     n1.release("d1", "eth0").unwrap();
-    let rep = n1
-        .gc(
-            &[("x1".into(), "eth0".into()), ("y1".into(), "eth0".into())],
-            GcMode::All,
-        )
-        .unwrap();
+    let rep = n1.gc(&[("x1".into(), "eth0".into()), ("y1".into(), "eth0".into())], GcMode::All).unwrap();
     assert_eq!(rep.unreserved, vec![(PodRef::new("default", "db-0"), b)]);
     // A reserved IP can't be requested by another pod.
-    let c = n1
-        .allocate(&AllocRequest::new("e1", "eth0").with_pod(PodRef::new("default", "e-0")))
-        .unwrap()
-        .ips[0]
+    let c = n1.allocate(&AllocRequest::new("e1", "eth0").with_pod(PodRef::new("default", "e-0"))).unwrap().ips[0]
         .address
         .addr();
     n1.release("e1", "eth0").unwrap();
-    let err = n1
-        .allocate(&AllocRequest::new("f1", "eth0").with_ip(c))
-        .unwrap_err();
+    let err = n1.allocate(&AllocRequest::new("f1", "eth0").with_ip(c)).unwrap_err();
     assert_eq!(err.cni_code(), 111);
     assert!(err.to_string().contains("reservation"), "{err}");
     // But the identity itself can request it.
-    let got = n1
-        .allocate(
-            &AllocRequest::new("e2", "eth0")
-                .with_pod(PodRef::new("default", "e-0"))
-                .with_ip(c),
-        )
-        .unwrap();
+    let got = n1.allocate(&AllocRequest::new("e2", "eth0").with_pod(PodRef::new("default", "e-0")).with_ip(c)).unwrap();
     assert_eq!(got.ips[0].address.addr(), c);
 }
 
@@ -318,19 +216,14 @@ fn exhaustion_range_exclude_gateway() {
         }
     }
     // 2..=20 minus 3, 10, 11, 12 = 19 - 4 = 15
-    let expect: Vec<IpAddr> = (2..=20u8)
-        .filter(|n| ![3, 10, 11, 12].contains(n))
-        .map(|n| IpAddr::from([192, 168, 5, n]))
-        .collect();
+    let expect: Vec<IpAddr> =
+        (2..=20u8).filter(|n| ![3, 10, 11, 12].contains(n)).map(|n| IpAddr::from([192, 168, 5, n])).collect();
     got.sort();
     assert_eq!(got, expect);
     // Two /28 blocks were claimed: .0/28 and .16/28.
     assert_eq!(i.blocks_of("node1").unwrap().len(), 2);
     let s = i.show().unwrap();
-    assert_eq!(
-        (s.pools[0].total, s.pools[0].used, s.pools[0].free),
-        (15, 15, 0)
-    );
+    assert_eq!((s.pools[0].total, s.pools[0].used, s.pools[0].free), (15, 15, 0));
     // CNI JSON
     let r = i.lookup("c0", "eth0").unwrap().unwrap();
     let j = r.to_cni_json(Some("1.1.0"));
@@ -346,12 +239,7 @@ fn v4_broadcast_and_tiny_pools() {
     let a = alloc(&i, "a");
     let b = alloc(&i, "b");
     assert_eq!((a, b), (ip("10.9.9.1"), ip("10.9.9.2")));
-    assert_eq!(
-        i.allocate(&AllocRequest::new("c", "eth0"))
-            .unwrap_err()
-            .cni_code(),
-        110
-    );
+    assert_eq!(i.allocate(&AllocRequest::new("c", "eth0")).unwrap_err().cni_code(), 110);
     // /31: both usable (RFC 3021)
     let i = ipam(d.path(), "n", r#"[{"name":"p31","cidr":"10.9.8.0/31"}]"#);
     assert_eq!(alloc(&i, "a"), ip("10.9.8.0"));
@@ -363,9 +251,7 @@ fn nodes_sharing_a_dir_never_share_a_block_and_borrow_when_full() {
     let d = tempfile::tempdir().unwrap();
     // A /24 with /26 blocks: 4 blocks.
     let pools = r#"[{"name":"o","cidr":"10.10.0.0/24","blockSize":26}]"#;
-    let nodes: Vec<Ipam> = (1..=3)
-        .map(|n| ipam(d.path(), &format!("node{n}"), pools))
-        .collect();
+    let nodes: Vec<Ipam> = (1..=3).map(|n| ipam(d.path(), &format!("node{n}"), pools)).collect();
     for round in 0..10 {
         for (k, n) in nodes.iter().enumerate() {
             alloc(n, &format!("n{k}-{round}"));
@@ -388,16 +274,10 @@ fn nodes_sharing_a_dir_never_share_a_block_and_borrow_when_full() {
     let borrowed = alloc(n1, "borrow1");
     let owner2 = n1.blocks_of("node2").unwrap()[0];
     let owner3 = n1.blocks_of("node3").unwrap()[0];
-    assert!(
-        owner2.contains(&borrowed) || owner3.contains(&borrowed),
-        "{borrowed}"
-    );
+    assert!(owner2.contains(&borrowed) || owner3.contains(&borrowed), "{borrowed}");
     assert_eq!(n1.borrowed_of("node1").unwrap(), vec![borrowed]);
     let s = n1.show().unwrap();
-    assert!(s.pools[0]
-        .blocks
-        .iter()
-        .any(|b| b.borrowed == vec![borrowed]));
+    assert!(s.pools[0].blocks.iter().any(|b| b.borrowed == vec![borrowed]));
     assert!(n1.snapshot().unwrap().check_invariants().is_ok());
 }
 
@@ -429,19 +309,14 @@ fn shared_pool_and_dual_stack_and_fallback_pool() {
     let mut v4 = HashSet::new();
     for c in 0..8 {
         let node = if c % 2 == 0 { &n1 } else { &n2 };
-        let r = node
-            .allocate(&AllocRequest::new(format!("c{c}"), "eth0"))
-            .unwrap();
+        let r = node.allocate(&AllocRequest::new(format!("c{c}"), "eth0")).unwrap();
         assert_eq!(r.ips.len(), 2, "{r:?}");
         assert!(v4.insert(r.ips[0].address.addr()));
         assert!(r.ips[1].address.addr().is_ipv6());
         assert_eq!(r.ips[1].address.prefix_len(), 120);
     }
     // u1 (/29: 6 usable minus gateway = 5) then u2.
-    let u1: Vec<_> = v4
-        .iter()
-        .filter(|a| a.to_string().starts_with("172.16."))
-        .collect();
+    let u1: Vec<_> = v4.iter().filter(|a| a.to_string().starts_with("172.16.")).collect();
     assert_eq!(u1.len(), 5);
     assert!(n1.blocks_of("node1").unwrap().is_empty());
     // Releasing everything drops the owner-less stripes.
@@ -450,14 +325,9 @@ fn shared_pool_and_dual_stack_and_fallback_pool() {
         assert_eq!(node.release(&format!("c{c}"), "eth0").unwrap().len(), 2);
     }
     let s = n1.show().unwrap();
-    assert!(
-        s.pools.iter().all(|p| p.blocks.is_empty() && p.used == 0),
-        "{s}"
-    );
+    assert!(s.pools.iter().all(|p| p.blocks.is_empty() && p.used == 0), "{s}");
     // Requested IP in a shared pool: fine from any node.
-    let r = n2
-        .allocate(&AllocRequest::new("r", "eth0").with_ip(ip("172.17.0.77")))
-        .unwrap();
+    let r = n2.allocate(&AllocRequest::new("r", "eth0").with_ip(ip("172.17.0.77"))).unwrap();
     assert_eq!(r.ips[0].address.addr(), ip("172.17.0.77"));
     assert_eq!(r.ips.len(), 2);
 }
@@ -471,11 +341,7 @@ fn status_and_stale_temp_files() {
     let a = alloc(&i, "c1");
     // A writer killed between write and rename leaves a temp file: ignored and cleaned.
     let pool_dir = d.path().join("pools/overlay");
-    std::fs::write(
-        pool_dir.join(".10.233.64.0_26.blk.tmp"),
-        b"B\t99\t10.233.64.0/26",
-    )
-    .unwrap();
+    std::fs::write(pool_dir.join(".10.233.64.0_26.blk.tmp"), b"B\t99\t10.233.64.0/26").unwrap();
     assert_eq!(alloc(&i, "c1"), a);
     assert!(!pool_dir.join(".10.233.64.0_26.blk.tmp").exists());
     // A status on an unwritable place fails with 50.
@@ -486,10 +352,7 @@ fn status_and_stale_temp_files() {
 #[test]
 fn lock_timeout_is_code_11() {
     let d = tempfile::tempdir().unwrap();
-    let json = format!(
-        r#"{{"node":"n","dataDir":"{}","lockTimeoutMs":50,"pools":{OVERLAY}}}"#,
-        d.path().display()
-    );
+    let json = format!(r#"{{"node":"n","dataDir":"{}","lockTimeoutMs":50,"pools":{OVERLAY}}}"#, d.path().display());
     let i = Ipam::open(IpamConfig::parse(json.as_bytes()).unwrap()).unwrap();
     alloc(&i, "c0");
     // Hold the lock from another descriptor.
@@ -517,11 +380,7 @@ unsafe fn libc_flock(fd: i32) -> i32 {
 fn changed_block_size_is_refused() {
     let d = tempfile::tempdir().unwrap();
     alloc(&ipam(d.path(), "n", OVERLAY), "c");
-    let i = ipam(
-        d.path(),
-        "n",
-        r#"[{"name":"overlay","cidr":"10.233.64.0/18","blockSize":27}]"#,
-    );
+    let i = ipam(d.path(), "n", r#"[{"name":"overlay","cidr":"10.233.64.0/18","blockSize":27}]"#);
     let e = i.allocate(&AllocRequest::new("d", "eth0")).unwrap_err();
     assert_eq!(e.cni_code(), 7);
     assert!(e.to_string().contains("blockSize"), "{e}");

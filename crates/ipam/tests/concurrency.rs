@@ -17,10 +17,7 @@ const POOLS: &str = r#"[{"name":"overlay","cidr":"10.233.64.0/18","blockSize":26
     {"name":"under6","cidr":"fd00:16::/116","blocks":false}]"#;
 
 fn config(dir: &Path, node: &str) -> IpamConfig {
-    let json = format!(
-        r#"{{"node":"{node}","dataDir":"{}","pools":{POOLS}}}"#,
-        dir.display()
-    );
+    let json = format!(r#"{{"node":"{node}","dataDir":"{}","pools":{POOLS}}}"#, dir.display());
     IpamConfig::parse(json.as_bytes()).unwrap()
 }
 
@@ -31,10 +28,7 @@ fn child_worker() {
     };
     let node = std::env::var("KNIT_IPAM_CHILD_NODE").unwrap();
     let prefix = std::env::var("KNIT_IPAM_CHILD_PREFIX").unwrap();
-    let count: u64 = std::env::var("KNIT_IPAM_CHILD_COUNT")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let count: u64 = std::env::var("KNIT_IPAM_CHILD_COUNT").unwrap().parse().unwrap();
     let mut out = std::io::stdout().lock();
     let mut n = 0u64;
     while count == 0 || n < count {
@@ -72,11 +66,7 @@ fn spawn_child(dir: &Path, node: &str, prefix: &str, count: u64) -> Child {
 /// Reported state: container → addresses, minus released ones.
 fn apply_line(line: &str, live: &mut HashMap<String, Vec<IpAddr>>) {
     // libtest prints "test child_worker ... " without a newline before the first line.
-    let line = match ["DONE ", "RELEASED "]
-        .iter()
-        .filter_map(|k| line.find(k))
-        .min()
-    {
+    let line = match ["DONE ", "RELEASED "].iter().filter_map(|k| line.find(k)).min() {
         Some(i) => &line[i..],
         None => return,
     };
@@ -129,16 +119,8 @@ fn verify(dir: &Path, live: &HashMap<String, Vec<IpAddr>>) {
 #[test]
 fn eight_processes_times_fifty_no_duplicates() {
     let d = tempfile::tempdir().unwrap();
-    let children: Vec<Child> = (0..8)
-        .map(|k| {
-            spawn_child(
-                d.path(),
-                &format!("node{}", k % 2 + 1),
-                &format!("p{k}"),
-                50,
-            )
-        })
-        .collect();
+    let children: Vec<Child> =
+        (0..8).map(|k| spawn_child(d.path(), &format!("node{}", k % 2 + 1), &format!("p{k}"), 50)).collect();
     let mut live = HashMap::new();
     let mut done = 0;
     for mut c in children {
@@ -203,14 +185,9 @@ fn sigkill_during_allocation_loses_nothing() {
         verify(d.path(), &live);
         // The store is fully usable afterwards and hands out no taken address.
         let ipam = Ipam::open(config(d.path(), "node1")).unwrap();
-        let r = ipam
-            .allocate(&AllocRequest::new(format!("after{round}"), "eth0"))
-            .unwrap();
+        let r = ipam.allocate(&AllocRequest::new(format!("after{round}"), "eth0")).unwrap();
         for ip in r.addrs() {
-            assert!(
-                !live.values().flatten().any(|x| *x == ip),
-                "{ip} handed out twice"
-            );
+            assert!(!live.values().flatten().any(|x| *x == ip), "{ip} handed out twice");
         }
         live.insert(format!("after{round}"), r.addrs());
     }
@@ -275,9 +252,7 @@ fn optimistic_store_with_conflicts_no_duplicates() {
                 let ipam = Ipam::with_store(cfg, store);
                 let mut v = Vec::new();
                 for n in 0..50 {
-                    let r = ipam
-                        .allocate(&AllocRequest::new(format!("t{t}-{n}"), "eth0"))
-                        .unwrap();
+                    let r = ipam.allocate(&AllocRequest::new(format!("t{t}-{n}"), "eth0")).unwrap();
                     v.extend(r.addrs());
                 }
                 v

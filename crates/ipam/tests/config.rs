@@ -3,9 +3,7 @@
 use knit_ipam::IpamConfig;
 
 fn pool(extra: &str) -> String {
-    format!(
-        r#"{{"node":"n1","dataDir":"/tmp/x","pools":[{{"name":"p","cidr":"10.233.64.0/18"{extra}}}]}}"#
-    )
+    format!(r#"{{"node":"n1","dataDir":"/tmp/x","pools":[{{"name":"p","cidr":"10.233.64.0/18"{extra}}}]}}"#)
 }
 
 #[test]
@@ -25,16 +23,11 @@ fn good_config() {
     IpamConfig::parse(pool(r#","blockSize":18"#).as_bytes()).unwrap();
     IpamConfig::parse(pool(r#","blockSize":32"#).as_bytes()).unwrap();
     // From a whole netconf, with unknown fields around it.
-    let nc = format!(
-        r#"{{"cniVersion":"1.0.0","name":"n","type":"knit-routed","mtu":1500,"ipam":{}}}"#,
-        pool("")
-    );
+    let nc = format!(r#"{{"cniVersion":"1.0.0","name":"n","type":"knit-routed","mtu":1500,"ipam":{}}}"#, pool(""));
     IpamConfig::from_netconf(nc.as_bytes()).unwrap();
     // v6
-    let c = IpamConfig::parse(
-        br#"{"node":"n","pools":[{"name":"v6","cidr":"fd00:10::/64","gateway":"fd00:10::1"}]}"#,
-    )
-    .unwrap();
+    let c = IpamConfig::parse(br#"{"node":"n","pools":[{"name":"v6","cidr":"fd00:10::/64","gateway":"fd00:10::1"}]}"#)
+        .unwrap();
     assert_eq!(c.pools[0].block_size, 122);
 }
 
@@ -89,8 +82,18 @@ fn bad_configs() {
         (r#"{"node":"n","store":"redis","pools":[{"name":"a","cidr":"10.0.0.0/24"}]}"#.into(), 7, "store", "redis"),
         (r#"{"node":"n","store":"etcd","pools":[{"name":"a","cidr":"10.0.0.0/24"}]}"#.into(), 7, "etcdEndpoints", ""),
         (r#"{"node":"n","dataDir":"","pools":[{"name":"a","cidr":"10.0.0.0/24"}]}"#.into(), 7, "dataDir", ""),
-        (r#"{"node":"n","lockTimeoutMs":"x","pools":[{"name":"a","cidr":"10.0.0.0/24"}]}"#.into(), 7, "lockTimeoutMs", ""),
-        (r#"{"node":"n","pools":[{"name":"v6","cidr":"fd00::/64","blockSize":26}]}"#.into(), 7, "pools[0].blockSize", "out of range"),
+        (
+            r#"{"node":"n","lockTimeoutMs":"x","pools":[{"name":"a","cidr":"10.0.0.0/24"}]}"#.into(),
+            7,
+            "lockTimeoutMs",
+            "",
+        ),
+        (
+            r#"{"node":"n","pools":[{"name":"v6","cidr":"fd00::/64","blockSize":26}]}"#.into(),
+            7,
+            "pools[0].blockSize",
+            "out of range",
+        ),
     ];
     for (json, code, field, msg) in cases {
         let err = match IpamConfig::parse(json.as_bytes()) {
@@ -100,28 +103,21 @@ fn bad_configs() {
         assert_eq!(err.cni_code(), code, "{json}: {err}");
         if code == 7 {
             let f = err.field().unwrap_or_default();
-            assert!(
-                f.contains(field),
-                "{json}: field {f:?} should name {field:?} ({err})"
-            );
+            assert!(f.contains(field), "{json}: field {f:?} should name {field:?} ({err})");
         }
-        assert!(
-            err.to_string().contains(msg),
-            "{json}: {err} should say {msg:?}"
-        );
+        assert!(err.to_string().contains(msg), "{json}: {err} should say {msg:?}");
         if !field.is_empty() {
-            assert!(
-                err.to_string().contains(field),
-                "{json}: message {err} should name {field}"
-            );
+            assert!(err.to_string().contains(field), "{json}: message {err} should name {field}");
         }
     }
 }
 
 #[test]
 fn netconf_prefixes_field_names() {
-    let e = IpamConfig::from_netconf(br#"{"cniVersion":"1.0.0","ipam":{"node":"n","pools":[{"name":"p","cidr":"10.0.0.0/24","blockSize":"x"}]}}"#)
-        .unwrap_err();
+    let e = IpamConfig::from_netconf(
+        br#"{"cniVersion":"1.0.0","ipam":{"node":"n","pools":[{"name":"p","cidr":"10.0.0.0/24","blockSize":"x"}]}}"#,
+    )
+    .unwrap_err();
     assert_eq!(e.cni_code(), 7);
     assert_eq!(e.field(), Some("ipam.pools[0].blockSize"));
     let e = IpamConfig::from_netconf(br#"{"cniVersion":"1.0.0"}"#).unwrap_err();

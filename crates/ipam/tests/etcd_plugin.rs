@@ -42,12 +42,7 @@ fn plugin(command: &str, cid: &str, args: &str, conf: &str) -> Out {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn knit-ipam");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(conf.as_bytes())
-        .unwrap();
+    child.stdin.take().unwrap().write_all(conf.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
     let elapsed = start.elapsed();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -57,17 +52,9 @@ fn plugin(command: &str, cid: &str, args: &str, conf: &str) -> Out {
         serde_json::from_str(&text).unwrap_or(Value::String(text.into()))
     };
     let err = String::from_utf8_lossy(&out.stderr);
-    let conflicts = err
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("conflicts="))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
-    Out {
-        ok: out.status.success(),
-        v,
-        conflicts,
-        elapsed,
-    }
+    let conflicts =
+        err.split_whitespace().find_map(|w| w.strip_prefix("conflicts=")).and_then(|n| n.parse().ok()).unwrap_or(0);
+    Out { ok: out.status.success(), v, conflicts, elapsed }
 }
 
 /// Dual stack, both with per-node blocks: a node's processes meet other nodes only when
@@ -102,14 +89,7 @@ fn addrs(v: &Value) -> Vec<IpAddr> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|i| {
-            i["address"]
-                .as_str()
-                .unwrap()
-                .parse::<IpNet>()
-                .unwrap()
-                .addr()
-        })
+        .map(|i| i["address"].as_str().unwrap().parse::<IpNet>().unwrap().addr())
         .collect()
 }
 
@@ -133,24 +113,15 @@ fn verify(endpoint: &str, data: &Path, live: &HashMap<String, (String, Vec<IpAdd
         let mut want = ips.clone();
         want.sort();
         assert_eq!(got, want, "{cid}: store and reported result differ");
-        let nb = blocks
-            .entry(node.clone())
-            .or_insert_with(|| ipam.blocks_of(node).unwrap());
+        let nb = blocks.entry(node.clone()).or_insert_with(|| ipam.blocks_of(node).unwrap());
         for ip in ips {
             assert!(seen.insert(*ip), "duplicate {ip}");
             if ip.is_ipv4() {
-                assert!(
-                    nb.iter().any(|b| b.contains(ip)),
-                    "{ip} of {node} outside its blocks {nb:?}"
-                );
+                assert!(nb.iter().any(|b| b.contains(ip)), "{ip} of {node} outside its blocks {nb:?}");
             }
         }
     }
-    assert_eq!(
-        st.allocated_count(),
-        seen.len(),
-        "allocations nobody reported"
-    );
+    assert_eq!(st.allocated_count(), seen.len(), "allocations nobody reported");
     assert_eq!(handle_count(&ipam), seen.len(), "handles != allocations");
     let mut all: Vec<IpNet> = blocks.values().flatten().copied().collect();
     let n = all.len();
@@ -160,10 +131,7 @@ fn verify(endpoint: &str, data: &Path, live: &HashMap<String, (String, Vec<IpAdd
 }
 
 fn adds_per_process() -> usize {
-    std::env::var("KNIT_IPAM_ETCD_ADDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(50)
+    std::env::var("KNIT_IPAM_ETCD_ADDS").ok().and_then(|s| s.parse().ok()).unwrap_or(50)
 }
 
 fn run_workers<T: Send + 'static>(
@@ -279,12 +247,7 @@ fn etcd_killed_mid_run() {
     let stop_at = nodes * procs * per / 3;
     let down = Arc::new(AtomicBool::new(false));
     let workers = {
-        let (ep, d, successes, down) = (
-            ep.clone(),
-            data.path().to_path_buf(),
-            successes.clone(),
-            down.clone(),
-        );
+        let (ep, d, successes, down) = (ep.clone(), data.path().to_path_buf(), successes.clone(), down.clone());
         std::thread::spawn(move || {
             run_workers(nodes, procs, move |n, w| {
                 let node = format!("node{n}");
@@ -334,16 +297,10 @@ fn etcd_killed_mid_run() {
     for (code, elapsed, _, v) in &failures {
         assert_eq!(*code, Some(11), "failure other than code 11: {v}");
         // Request timeout 1 s; the node lock wait is bounded by 2 s.
-        assert!(
-            *elapsed < Duration::from_secs(5),
-            "failure took {elapsed:?}: {v}"
-        );
+        assert!(*elapsed < Duration::from_secs(5), "failure took {elapsed:?}: {v}");
     }
     // ADDs in flight at the kill may have finished; none can succeed for long without etcd.
-    assert!(
-        while_down <= nodes * procs,
-        "{while_down} ADDs succeeded while etcd was down"
-    );
+    assert!(while_down <= nodes * procs, "{while_down} ADDs succeeded while etcd was down");
     verify(&ep, data.path(), &live);
     let slowest = failures.iter().map(|f| f.1).max().unwrap();
     println!(
@@ -365,11 +322,7 @@ fn etcd_killed_mid_run() {
 #[test]
 fn unreachable_etcd_fails_add_with_11_and_status_with_50() {
     // A port nobody listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let ep = format!("http://127.0.0.1:{port}");
     let data = tempfile::tempdir().unwrap();
     let c = conf(&ep, "node1", data.path(), POOLS, r#","etcdTimeoutMs":1000"#);

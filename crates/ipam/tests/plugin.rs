@@ -23,7 +23,11 @@ fn plugin(command: &str, cid: &str, ifname: &str, args: &str, conf: &str) -> (bo
     child.stdin.take().unwrap().write_all(conf.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    let v = if text.trim().is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text.into())) };
+    let v = if text.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text.into()))
+    };
     (out.status.success(), v)
 }
 

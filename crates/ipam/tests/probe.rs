@@ -77,19 +77,12 @@ impl<'a> Lan<'a> {
             .stderr(Stdio::piped());
         let start = Instant::now();
         let mut child = self.tn.host().spawn(&mut cmd).expect("spawn knit-ipam");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(self.netconf(extra).as_bytes())
-            .expect("write netconf");
+        child.stdin.take().expect("stdin").write_all(self.netconf(extra).as_bytes()).expect("write netconf");
         let out = child.wait_with_output().expect("wait knit-ipam");
         let took = start.elapsed();
         let stdout = String::from_utf8_lossy(&out.stdout);
-        let json = serde_json::from_str(&stdout).unwrap_or(Value::String(format!(
-            "{stdout} / stderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )));
+        let json = serde_json::from_str(&stdout)
+            .unwrap_or(Value::String(format!("{stdout} / stderr: {}", String::from_utf8_lossy(&out.stderr))));
         (out.status.success(), json, took)
     }
 

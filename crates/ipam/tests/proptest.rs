@@ -9,24 +9,10 @@ use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Alloc {
-        node: usize,
-        cid: usize,
-        pod: Option<usize>,
-        req: Option<u8>,
-    },
-    Release {
-        node: usize,
-        cid: usize,
-    },
-    ReleaseFixed {
-        pod: usize,
-    },
-    Gc {
-        node: usize,
-        keep_mask: u32,
-        all: bool,
-    },
+    Alloc { node: usize, cid: usize, pod: Option<usize>, req: Option<u8> },
+    Release { node: usize, cid: usize },
+    ReleaseFixed { pod: usize },
+    Gc { node: usize, keep_mask: u32, all: bool },
 }
 
 fn op() -> impl Strategy<Value = Op> {

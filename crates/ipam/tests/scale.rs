@@ -53,38 +53,23 @@ fn added_ip(out: &Output) -> Option<IpAddr> {
         return None;
     }
     let v: Value = serde_json::from_slice(&out.stdout).ok()?;
-    v["ips"][0]["address"]
-        .as_str()?
-        .parse::<IpNet>()
-        .ok()
-        .map(|n| n.addr())
+    v["ips"][0]["address"].as_str()?.parse::<IpNet>().ok().map(|n| n.addr())
 }
 
 fn add(cid: &str, conf: &str) -> IpAddr {
     let out = spawn("ADD", cid, conf).wait_with_output().unwrap();
     added_ip(&out).unwrap_or_else(|| {
-        panic!(
-            "ADD {cid} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
+        panic!("ADD {cid} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
     })
 }
 
 fn del(cid: &str, conf: &str) {
     let out = spawn("DEL", cid, conf).wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "DEL {cid}: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert!(out.status.success(), "DEL {cid}: {}", String::from_utf8_lossy(&out.stdout));
 }
 
 fn checker(dir: &Path) -> Ipam {
-    let json = format!(
-        r#"{{"node":"checker","dataDir":"{}","pools":[{OVERLAY}]}}"#,
-        dir.display()
-    );
+    let json = format!(r#"{{"node":"checker","dataDir":"{}","pools":[{OVERLAY}]}}"#, dir.display());
     Ipam::open(IpamConfig::parse(json.as_bytes()).unwrap()).unwrap()
 }
 
@@ -107,28 +92,17 @@ fn two_hundred_pods_through_the_plugin_use_four_blocks() {
     assert_eq!(blocks.len(), 200usize.div_ceil(64), "{blocks:?}");
     assert!(blocks.iter().all(|b| b.prefix_len() == 26), "{blocks:?}");
     for ip in &distinct {
-        assert!(
-            blocks.iter().any(|b| b.contains(ip)),
-            "{ip} is outside node1's blocks {blocks:?}"
-        );
+        assert!(blocks.iter().any(|b| b.contains(ip)), "{ip} is outside node1's blocks {blocks:?}");
     }
     let s = knit_ipam::show(d.path()).unwrap();
     assert_eq!(s.pools[0].used, 200);
     assert_eq!(s.pools[0].nodes["node1"].blocks, blocks);
-    checker(d.path())
-        .snapshot()
-        .unwrap()
-        .check_invariants()
-        .unwrap();
+    checker(d.path()).snapshot().unwrap().check_invariants().unwrap();
 
     // ADD again: the same address for every pod (keyed by containerID, ifname).
     for n in (0..200).step_by(17) {
         let cid = format!("pod-{n}");
-        assert_eq!(
-            add(&cid, &c),
-            ips[&cid],
-            "{cid} changed address on a repeated ADD"
-        );
+        assert_eq!(add(&cid, &c), ips[&cid], "{cid} changed address on a repeated ADD");
     }
 
     // DEL everything: nothing used, the blocks stay this node's; the next 200 pods fit in them.
@@ -142,11 +116,7 @@ fn two_hundred_pods_through_the_plugin_use_four_blocks() {
     for n in 0..200 {
         assert!(again.insert(add(&format!("new-{n}"), &c)));
     }
-    assert_eq!(
-        knit_ipam::blocks_of(d.path(), "node1").unwrap(),
-        blocks,
-        "re-used blocks, no new claim"
-    );
+    assert_eq!(knit_ipam::blocks_of(d.path(), "node1").unwrap(), blocks, "re-used blocks, no new claim");
     println!("knit-ipam plugin: {per_add:?} per ADD process (200 pods)");
 }
 
@@ -188,16 +158,10 @@ fn sigkilled_plugin_processes_lose_no_acknowledged_allocation() {
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let all: Vec<(String, Option<IpAddr>)> = results.into_iter().flatten().collect();
-    let acked: HashMap<&str, IpAddr> = all
-        .iter()
-        .filter_map(|(cid, ip)| ip.map(|ip| (cid.as_str(), ip)))
-        .collect();
+    let acked: HashMap<&str, IpAddr> = all.iter().filter_map(|(cid, ip)| ip.map(|ip| (cid.as_str(), ip))).collect();
     let killed = all.len() - acked.len();
     assert!(killed > 0, "no ADD was killed: the test proved nothing");
-    assert!(
-        !acked.is_empty(),
-        "every ADD was killed: the test proved little"
-    );
+    assert!(!acked.is_empty(), "every ADD was killed: the test proved little");
 
     // After the kills: the store loads, its invariants hold, every acknowledged ADD is there.
     let ipam = checker(d.path());
@@ -208,15 +172,8 @@ fn sigkilled_plugin_processes_lose_no_acknowledged_allocation() {
         assert_eq!(got, vec![*ip], "{cid} lost or changed after the kills");
     }
     let distinct: HashSet<&IpAddr> = acked.values().collect();
-    assert_eq!(
-        distinct.len(),
-        acked.len(),
-        "an address was acknowledged twice"
-    );
-    let written_unacked = all
-        .iter()
-        .filter(|(cid, ip)| ip.is_none() && !st.lookup(cid, "eth0").is_empty())
-        .count();
+    assert_eq!(distinct.len(), acked.len(), "an address was acknowledged twice");
+    let written_unacked = all.iter().filter(|(cid, ip)| ip.is_none() && !st.lookup(cid, "eth0").is_empty()).count();
     println!(
         "{} ADDs: {} acknowledged, {killed} killed before answering, {written_unacked} of those after their write (process life ~{life:?})",
         all.len(),

@@ -34,25 +34,16 @@ const TINY: &str = r#"[{"name":"tiny","cidr":"10.9.0.0/29","blockSize":30}]"#;
 
 impl Backend {
     fn local() -> Backend {
-        Backend {
-            kind: Kind::Local,
-            dir: tempfile::tempdir().unwrap(),
-        }
+        Backend { kind: Kind::Local, dir: tempfile::tempdir().unwrap() }
     }
 
     fn etcd() -> Backend {
-        Backend {
-            kind: Kind::Etcd(Etcd::start()),
-            dir: tempfile::tempdir().unwrap(),
-        }
+        Backend { kind: Kind::Etcd(Etcd::start()), dir: tempfile::tempdir().unwrap() }
     }
 
     fn config(&self, node: &str, pools: &str) -> IpamConfig {
         let json = match &self.kind {
-            Kind::Local => format!(
-                r#"{{"node":"{node}","dataDir":"{}","pools":{pools}}}"#,
-                self.dir.path().display()
-            ),
+            Kind::Local => format!(r#"{{"node":"{node}","dataDir":"{}","pools":{pools}}}"#, self.dir.path().display()),
             Kind::Etcd(e) => format!(
                 r#"{{"node":"{node}","dataDir":"{}","store":"etcd","etcdEndpoints":["{}"],"pools":{pools}}}"#,
                 self.dir.path().join(node).display(),
@@ -98,9 +89,7 @@ impl Backend {
 }
 
 fn alloc(i: &Ipam, cid: &str) -> IpAddr {
-    i.allocate(&AllocRequest::new(cid, "eth0")).unwrap().ips[0]
-        .address
-        .addr()
+    i.allocate(&AllocRequest::new(cid, "eth0")).unwrap().ips[0].address.addr()
 }
 
 fn ip(s: &str) -> IpAddr {
@@ -115,16 +104,10 @@ fn allocate_readd_release_del(b: &Backend) {
     assert_ne!(a, c2);
     assert!(i.lookup("c1", "eth0").unwrap().is_some());
     assert_eq!(i.release("c1", "eth0").unwrap(), vec![a]);
-    assert_eq!(
-        i.release("c1", "eth0").unwrap(),
-        Vec::<IpAddr>::new(),
-        "DEL is idempotent"
-    );
+    assert_eq!(i.release("c1", "eth0").unwrap(), Vec::<IpAddr>::new(), "DEL is idempotent");
     assert!(i.lookup("c1", "eth0").unwrap().is_none());
     // Another interface of one container is another attachment.
-    let e1 = i.allocate(&AllocRequest::new("c2", "net1")).unwrap().ips[0]
-        .address
-        .addr();
+    let e1 = i.allocate(&AllocRequest::new("c2", "net1")).unwrap().ips[0].address.addr();
     assert_ne!(e1, c2);
     let s = i.show().unwrap();
     assert_eq!(s.pools[0].used, 2);
@@ -152,17 +135,11 @@ fn gc_keeps_valid_attachments(b: &Backend) {
     let n2 = b.ipam("node2", OVERLAY);
     let ips: Vec<IpAddr> = (1..=4).map(|k| alloc(&n1, &format!("c{k}"))).collect();
     let d1 = alloc(&n2, "d1");
-    let valid = vec![
-        ("c1".to_string(), "eth0".to_string()),
-        ("c3".to_string(), "eth0".to_string()),
-    ];
+    let valid = vec![("c1".to_string(), "eth0".to_string()), ("c3".to_string(), "eth0".to_string())];
     let rep = n1.gc(&valid, GcMode::KeepFixed).unwrap();
     let mut released: Vec<_> = rep.released.iter().map(|r| (r.0.clone(), r.2)).collect();
     released.sort();
-    assert_eq!(
-        released,
-        vec![("c2".to_string(), ips[1]), ("c4".to_string(), ips[3])]
-    );
+    assert_eq!(released, vec![("c2".to_string(), ips[1]), ("c4".to_string(), ips[3])]);
     assert!(n1.lookup("c1", "eth0").unwrap().is_some());
     assert!(n1.lookup("c2", "eth0").unwrap().is_none());
     // Another node's attachments are not this node's GC's business.
@@ -173,32 +150,19 @@ fn gc_keeps_valid_attachments(b: &Backend) {
 fn requested_ip(b: &Backend) {
     let n1 = b.ipam("node1", OVERLAY);
     let n2 = b.ipam("node2", OVERLAY);
-    let r = n1
-        .allocate(&AllocRequest::new("c1", "eth0").with_ip(ip("10.233.64.9")))
-        .unwrap();
+    let r = n1.allocate(&AllocRequest::new("c1", "eth0").with_ip(ip("10.233.64.9"))).unwrap();
     assert_eq!(r.addrs(), vec![ip("10.233.64.9")]);
-    let e = n1
-        .allocate(&AllocRequest::new("c2", "eth0").with_ip(ip("10.233.64.9")))
-        .unwrap_err();
+    let e = n1.allocate(&AllocRequest::new("c2", "eth0").with_ip(ip("10.233.64.9"))).unwrap_err();
     assert_eq!(e.cni_code(), 111, "{e}");
-    let e = n1
-        .allocate(&AllocRequest::new("c3", "eth0").with_ip(ip("192.168.1.1")))
-        .unwrap_err();
+    let e = n1.allocate(&AllocRequest::new("c3", "eth0").with_ip(ip("192.168.1.1"))).unwrap_err();
     assert_eq!(e.cni_code(), 112, "{e}");
     // node1 owns 10.233.64.0/26 now: node2 cannot take an address there on request.
-    let e = n2
-        .allocate(&AllocRequest::new("d1", "eth0").with_ip(ip("10.233.64.10")))
-        .unwrap_err();
+    let e = n2.allocate(&AllocRequest::new("d1", "eth0").with_ip(ip("10.233.64.10"))).unwrap_err();
     assert_eq!(e.cni_code(), 111, "{e}");
     // An unclaimed block is claimed by the request.
-    let r = n2
-        .allocate(&AllocRequest::new("d1", "eth0").with_ip(ip("10.233.70.5")))
-        .unwrap();
+    let r = n2.allocate(&AllocRequest::new("d1", "eth0").with_ip(ip("10.233.70.5"))).unwrap();
     assert_eq!(r.addrs(), vec![ip("10.233.70.5")]);
-    assert!(n2
-        .blocks_of("node2")
-        .unwrap()
-        .contains(&"10.233.70.0/26".parse().unwrap()));
+    assert!(n2.blocks_of("node2").unwrap().contains(&"10.233.70.0/26".parse().unwrap()));
     b.verify();
 }
 
@@ -211,10 +175,7 @@ fn pool_exhaustion(b: &Backend) {
     let e = i.allocate(&AllocRequest::new("c6", "eth0")).unwrap_err();
     assert_eq!(e.cni_code(), 110, "{e}");
     // Another node cannot get one either (borrowing finds nothing free).
-    let e = b
-        .ipam("node2", TINY)
-        .allocate(&AllocRequest::new("d0", "eth0"))
-        .unwrap_err();
+    let e = b.ipam("node2", TINY).allocate(&AllocRequest::new("d0", "eth0")).unwrap_err();
     assert_eq!(e.cni_code(), 110, "{e}");
     let freed = i.release("c3", "eth0").unwrap();
     assert_eq!(alloc(&i, "c7"), freed[0]);
@@ -249,18 +210,12 @@ fn fixed_ips_follow_the_pod(b: &Backend) {
     let pod = PodRef::new("db", "db-0");
     let req = |cid: &str| AllocRequest::new(cid, "eth0").with_pod(pod.clone());
     let a = n1.allocate(&req("c1")).unwrap().addrs()[0];
-    let other = n1
-        .allocate(&AllocRequest::new("x1", "eth0").with_pod(PodRef::new("db", "db-1")))
-        .unwrap()
-        .addrs()[0];
+    let other = n1.allocate(&AllocRequest::new("x1", "eth0").with_pod(PodRef::new("db", "db-1"))).unwrap().addrs()[0];
     assert_ne!(a, other);
     n1.release("c1", "eth0").unwrap();
     assert_eq!(n1.show().unwrap().pools[0].reserved, 1);
     // Not handed to anyone else while reserved.
-    let c = n1
-        .allocate(&AllocRequest::new("y1", "eth0"))
-        .unwrap()
-        .addrs()[0];
+    let c = n1.allocate(&AllocRequest::new("y1", "eth0")).unwrap().addrs()[0];
     assert_ne!(c, a);
     // Another container ID on another node gets it back.
     assert_eq!(n2.allocate(&req("c2")).unwrap().addrs()[0], a);

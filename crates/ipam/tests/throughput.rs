@@ -17,17 +17,10 @@ fn core_throughput_with_1000_in_use() {
     let c = cfg("/nonexistent");
     let mut st = State::new(c.pools.clone());
     for n in 0..1000 {
-        st.allocate(
-            "node1",
-            &AllocRequest::new(format!("base{n}"), "eth0"),
-            None,
-        )
-        .unwrap();
+        st.allocate("node1", &AllocRequest::new(format!("base{n}"), "eth0"), None).unwrap();
     }
     // Allocate/release churn that keeps 1000 in use, plus a run of fresh allocations.
-    let reqs: Vec<AllocRequest> = (0..10_000)
-        .map(|n| AllocRequest::new(format!("c{n}"), "eth0"))
-        .collect();
+    let reqs: Vec<AllocRequest> = (0..10_000).map(|n| AllocRequest::new(format!("c{n}"), "eth0")).collect();
     let t = Instant::now();
     for r in &reqs {
         st.allocate("node1", r, None).unwrap();
@@ -56,8 +49,7 @@ fn local_store_per_operation() {
     let mut in_use = 0;
     for target in [0, 30, 110, 1000] {
         while in_use < target {
-            ipam.allocate(&AllocRequest::new(format!("base{in_use}"), "eth0"))
-                .unwrap();
+            ipam.allocate(&AllocRequest::new(format!("base{in_use}"), "eth0")).unwrap();
             in_use += 1;
         }
         let ops = 300;
@@ -71,10 +63,6 @@ fn local_store_per_operation() {
             ipam.release(&cid, "eth0").unwrap();
             del += t.elapsed();
         }
-        println!(
-            "local store, {target} in use: allocate {:?}/op, release {:?}/op",
-            add / ops,
-            del / ops
-        );
+        println!("local store, {target} in use: allocate {:?}/op, release {:?}/op", add / ops, del / ops);
     }
 }

@@ -53,7 +53,10 @@ pub fn run(c: BenchCmd) -> ExitCode {
     match knit_bench::run(c.suite.into(), &opts) {
         Ok(report) => {
             if c.json {
-                println!("{}", serde_json::to_string_pretty(&report.to_json()).unwrap_or_else(|_| report.to_json().to_string()));
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report.to_json()).unwrap_or_else(|_| report.to_json().to_string())
+                );
             } else {
                 print!("{}", report.to_table());
             }

@@ -52,7 +52,8 @@ pub fn run(c: ClusterCmd) -> ExitCode {
 
 fn run_inner(c: ClusterCmd) -> Result<(), String> {
     let tls = Tls { ca: c.etcd_ca_file, cert: c.etcd_cert_file, key: c.etcd_key_file };
-    let mut reg = Registry::connect(&c.etcd_endpoints, &tls, &c.prefix, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    let mut reg =
+        Registry::connect(&c.etcd_endpoints, &tls, &c.prefix, Duration::from_secs(5)).map_err(|e| e.to_string())?;
     match c.cmd {
         ClusterSub::Set { overlay_cidr, service_cidr, hijack_cidr } => {
             let mut cfg: ClusterConfig = reg.cluster_config().map_err(|e| e.to_string())?.unwrap_or_default();

@@ -28,11 +28,8 @@ pub const CONFLIST_NAME: &str = "10-knit.conflist";
 /// The directory under the conf dir that receives the etcd TLS files.
 pub const TLS_DIR_NAME: &str = "knit-tls";
 /// The etcd TLS files looked for in `--etcd-tls-dir` (Secret keys), and their conflist fields.
-const TLS_FILES: [(&str, &str, u32); 3] = [
-    ("ca.crt", "etcdCAFile", 0o644),
-    ("tls.crt", "etcdCertFile", 0o644),
-    ("tls.key", "etcdKeyFile", 0o600),
-];
+const TLS_FILES: [(&str, &str, u32); 3] =
+    [("ca.crt", "etcdCAFile", 0o644), ("tls.crt", "etcdCertFile", 0o644), ("tls.key", "etcdKeyFile", 0o600)];
 
 /// One etcd TLS file to install: its name, content and mode.
 type TlsFile = (&'static str, Vec<u8>, u32);
@@ -104,15 +101,9 @@ pub fn run(c: InstallCmd) -> ExitCode {
             for (path, outcome) in &results {
                 println!("{:<10} {}", outcome.word(), path.display());
             }
-            let changed = results
-                .iter()
-                .filter(|(_, o)| *o != Outcome::Unchanged)
-                .count();
+            let changed = results.iter().filter(|(_, o)| *o != Outcome::Unchanged).count();
             if changed == 0 {
-                println!(
-                    "knit install: nothing changed ({} files already up to date)",
-                    results.len()
-                );
+                println!("knit install: nothing changed ({} files already up to date)", results.len());
             } else {
                 println!("knit install: {changed} of {} files changed", results.len());
             }
@@ -131,9 +122,9 @@ fn install(c: &InstallCmd) -> Result<Vec<(PathBuf, Outcome)>, String> {
         None => {
             let exe = std::env::current_exe()
                 .map_err(|e| format!("cannot find the knit executable: {e} (pass --src-dir)"))?;
-            exe.parent().map(Path::to_path_buf).ok_or_else(|| {
-                format!("{} has no parent directory (pass --src-dir)", exe.display())
-            })?
+            exe.parent()
+                .map(Path::to_path_buf)
+                .ok_or_else(|| format!("{} has no parent directory (pass --src-dir)", exe.display()))?
         }
     };
     check_dir("--src-dir", &src_dir, false)?;
@@ -207,13 +198,8 @@ fn check_dir(flag: &str, path: &Path, write: bool) -> Result<(), String> {
     }
     if write {
         use nix::unistd::{access, AccessFlags};
-        access(path, AccessFlags::W_OK | AccessFlags::X_OK).map_err(|e| {
-            format!(
-                "{flag} {}: not writable: {}",
-                path.display(),
-                io::Error::from(e)
-            )
-        })?;
+        access(path, AccessFlags::W_OK | AccessFlags::X_OK)
+            .map_err(|e| format!("{flag} {}: not writable: {}", path.display(), io::Error::from(e)))?;
     }
     Ok(())
 }
@@ -246,10 +232,7 @@ fn read_tls_dir(dir: &Path) -> Result<Vec<TlsFile>, String> {
     }
     let has = |f: &str| out.iter().any(|(n, _, _)| *n == f);
     if has("tls.crt") != has("tls.key") {
-        return Err(format!(
-            "--etcd-tls-dir {}: tls.crt and tls.key go together",
-            dir.display()
-        ));
+        return Err(format!("--etcd-tls-dir {}: tls.crt and tls.key go together", dir.display()));
     }
     Ok(out)
 }
@@ -261,11 +244,7 @@ fn overlay_conflist(c: &InstallCmd, tls: &[TlsFile]) -> Result<Vec<u8>, String> 
     if let Some(n) = &c.node {
         ipam.insert("node".into(), json!(n));
     }
-    let endpoints: Vec<&String> = c
-        .etcd_endpoints
-        .iter()
-        .filter(|e| !e.trim().is_empty())
-        .collect();
+    let endpoints: Vec<&String> = c.etcd_endpoints.iter().filter(|e| !e.trim().is_empty()).collect();
     if !endpoints.is_empty() {
         ipam.insert("store".into(), json!("etcd"));
         ipam.insert("etcdEndpoints".into(), json!(endpoints));
@@ -281,13 +260,9 @@ fn overlay_conflist(c: &InstallCmd, tls: &[TlsFile]) -> Result<Vec<u8>, String> 
     } else if c.etcd_tls_dir.is_some() {
         return Err("--etcd-tls-dir needs --etcd-endpoints".into());
     }
-    ipam.insert(
-        "pools".into(),
-        json!([{"name": "overlay", "cidr": c.overlay_cidr, "blockSize": c.block_size}]),
-    );
+    ipam.insert("pools".into(), json!([{"name": "overlay", "cidr": c.overlay_cidr, "blockSize": c.block_size}]));
     let ipam = Value::Object(ipam);
-    knit_ipam::IpamConfig::from_value(&ipam, "ipam")
-        .map_err(|e| format!("overlay conflist: {}", e.msg()))?;
+    knit_ipam::IpamConfig::from_value(&ipam, "ipam").map_err(|e| format!("overlay conflist: {}", e.msg()))?;
 
     let mut routed = Map::new();
     routed.insert("type".into(), json!("knit-routed"));
@@ -296,11 +271,9 @@ fn overlay_conflist(c: &InstallCmd, tls: &[TlsFile]) -> Result<Vec<u8>, String> 
     }
     routed.insert("ipam".into(), ipam);
     let list = json!({"cniVersion": "1.0.0", "name": "knit", "plugins": [Value::Object(routed)]});
-    let mut bytes =
-        serde_json::to_vec_pretty(&list).map_err(|e| format!("overlay conflist: {e}"))?;
+    let mut bytes = serde_json::to_vec_pretty(&list).map_err(|e| format!("overlay conflist: {e}"))?;
     bytes.push(b'\n');
-    knit_cni::NetConfList::from_bytes(&bytes)
-        .map_err(|e| format!("overlay conflist: {}", e.msg))?;
+    knit_cni::NetConfList::from_bytes(&bytes).map_err(|e| format!("overlay conflist: {}", e.msg))?;
     Ok(bytes)
 }
 
@@ -309,13 +282,8 @@ fn install_binary(src: &Path, dest: &Path) -> Result<Outcome, String> {
     let existing = fs::metadata(dest).ok();
     if let Some(m) = &existing {
         if m.is_file()
-            && same_content(src, dest).map_err(|e| {
-                format!(
-                    "cannot compare {} with {}: {e}",
-                    src.display(),
-                    dest.display()
-                )
-            })?
+            && same_content(src, dest)
+                .map_err(|e| format!("cannot compare {} with {}: {e}", src.display(), dest.display()))?
         {
             return fix_mode(dest, m, 0o755);
         }
@@ -328,11 +296,7 @@ fn install_binary(src: &Path, dest: &Path) -> Result<Outcome, String> {
             format!("{e} (copying {})", src.display())
         }
     })?;
-    Ok(if existing.is_some() {
-        Outcome::Updated
-    } else {
-        Outcome::Installed
-    })
+    Ok(if existing.is_some() { Outcome::Updated } else { Outcome::Installed })
 }
 
 /// Writes `content` to `dest` with `mode` unless it already holds exactly that.
@@ -347,11 +311,7 @@ fn install_bytes(content: &[u8], dest: &Path, mode: u32) -> Result<Outcome, Stri
         }
     }
     write_atomic(dest, mode, |f| f.write_all(content))?;
-    Ok(if existing.is_some() {
-        Outcome::Updated
-    } else {
-        Outcome::Installed
-    })
+    Ok(if existing.is_some() { Outcome::Updated } else { Outcome::Installed })
 }
 
 fn fix_mode(dest: &Path, m: &fs::Metadata, mode: u32) -> Result<Outcome, String> {
@@ -398,19 +358,9 @@ fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
 
 /// Writes `dest` through a temp file in the same directory (never a name the runtime reads:
 /// a leading dot and no `.conf`/`.conflist`/`.json` suffix), fsyncs it, sets `mode`, renames.
-fn write_atomic(
-    dest: &Path,
-    mode: u32,
-    fill: impl FnOnce(&mut File) -> io::Result<()>,
-) -> Result<(), String> {
-    let dir = dest
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = dest
-        .file_name()
-        .ok_or_else(|| format!("{}: not a file path", dest.display()))?
-        .to_string_lossy();
+fn write_atomic(dest: &Path, mode: u32, fill: impl FnOnce(&mut File) -> io::Result<()>) -> Result<(), String> {
+    let dir = dest.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = dest.file_name().ok_or_else(|| format!("{}: not a file path", dest.display()))?.to_string_lossy();
     let tmp = dir.join(format!(".{name}.knit-install-{}", std::process::id()));
     let _ = fs::remove_file(&tmp);
     let mut f = OpenOptions::new()
@@ -419,9 +369,7 @@ fn write_atomic(
         .mode(mode)
         .open(&tmp)
         .map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
-    let res = fill(&mut f)
-        .and_then(|_| f.set_permissions(Permissions::from_mode(mode)))
-        .and_then(|_| f.sync_all());
+    let res = fill(&mut f).and_then(|_| f.set_permissions(Permissions::from_mode(mode))).and_then(|_| f.sync_all());
     drop(f);
     if let Err(e) = res {
         let _ = fs::remove_file(&tmp);
@@ -429,11 +377,7 @@ fn write_atomic(
     }
     if let Err(e) = fs::rename(&tmp, dest) {
         let _ = fs::remove_file(&tmp);
-        return Err(format!(
-            "cannot rename {} to {}: {e}",
-            tmp.display(),
-            dest.display()
-        ));
+        return Err(format!("cannot rename {} to {}: {e}", tmp.display(), dest.display()));
     }
     // Make the rename itself durable; failing to is not worth failing the install for.
     if let Ok(d) = File::open(dir) {

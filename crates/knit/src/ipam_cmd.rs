@@ -57,11 +57,7 @@ enum IpamSub {
         #[command(flatten)]
         store: StoreArgs,
         /// The pod identity NAMESPACE/NAME whose fixed IPs to free.
-        #[arg(
-            long,
-            required_unless_present = "container_id",
-            conflicts_with = "container_id"
-        )]
+        #[arg(long, required_unless_present = "container_id", conflicts_with = "container_id")]
         pod: Option<String>,
         /// The container whose attachment to release.
         #[arg(long)]
@@ -130,8 +126,7 @@ fn parse_valid(path: &Path) -> Result<Vec<(String, String)>, String> {
             container_id: String,
             ifname: String,
         }
-        let v: Vec<Att> =
-            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let v: Vec<Att> = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         return Ok(v.into_iter().map(|a| (a.container_id, a.ifname)).collect());
     }
     let mut out = Vec::new();
@@ -143,13 +138,7 @@ fn parse_valid(path: &Path) -> Result<Vec<(String, String)>, String> {
         let mut parts = line.split_whitespace();
         match (parts.next(), parts.next(), parts.next()) {
             (Some(c), Some(i), None) => out.push((c.to_string(), i.to_string())),
-            _ => {
-                return Err(format!(
-                    "{}:{}: expected \"CONTAINERID IFNAME\"",
-                    path.display(),
-                    n + 1
-                ))
-            }
+            _ => return Err(format!("{}:{}: expected \"CONTAINERID IFNAME\"", path.display(), n + 1)),
         }
     }
     Ok(out)
@@ -183,12 +172,7 @@ fn run_sub(c: IpamSub) -> Result<(), String> {
                 print!("{summary}");
             }
         }
-        IpamSub::Release {
-            store,
-            pod,
-            container_id,
-            ifname,
-        } => {
+        IpamSub::Release { store, pod, container_id, ifname } => {
             let (ipam, what) = open(&store)?;
             let (label, freed) = if let Some(pod) = pod {
                 let (ns, name) = pod
@@ -209,19 +193,10 @@ fn run_sub(c: IpamSub) -> Result<(), String> {
                 println!("{label}: released {}", list.join(" "));
             }
         }
-        IpamSub::Gc {
-            store,
-            valid,
-            fixed,
-            json,
-        } => {
+        IpamSub::Gc { store, valid, fixed, json } => {
             let valid = parse_valid(&valid)?;
             let (ipam, _) = open(&store)?;
-            let mode = if fixed {
-                GcMode::All
-            } else {
-                GcMode::KeepFixed
-            };
+            let mode = if fixed { GcMode::All } else { GcMode::KeepFixed };
             let report = ipam.gc_cluster(&valid, mode).map_err(|e| e.msg())?;
             if json {
                 print_json(&report)?;
@@ -232,11 +207,7 @@ fn run_sub(c: IpamSub) -> Result<(), String> {
                 for (pod, ip) in &report.unreserved {
                     println!("unreserved {ip} (fixed IP of {pod})");
                 }
-                println!(
-                    "{} released, {} fixed IPs freed",
-                    report.released.len(),
-                    report.unreserved.len()
-                );
+                println!("{} released, {} fixed IPs freed", report.released.len(), report.unreserved.len());
             }
         }
     }

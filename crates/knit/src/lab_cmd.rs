@@ -319,20 +319,29 @@ fn status(name: Option<&str>, run_dir: &Path) -> Result<(), LabError> {
                     t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
                     t.set_header(["pod", "node", "kind", "addresses"]);
                     for p in lab.state.pods.values() {
-                        let ips: Vec<String> = p.ips.iter().map(|(i, a)| format!("{i} {}", a.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(","))).collect();
+                        let ips: Vec<String> = p
+                            .ips
+                            .iter()
+                            .map(|(i, a)| {
+                                format!("{i} {}", a.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(","))
+                            })
+                            .collect();
                         t.add_row([p.name.clone(), p.node.clone(), p.kind.as_str().to_string(), ips.join("  ")]);
                     }
                     println!("{t}");
                 }
             }
-            Err(_) => println!("{n}: incomplete ({} namespaces; remove with knit lab down --name {n})", namespaces.len()),
+            Err(_) => {
+                println!("{n}: incomplete ({} namespaces; remove with knit lab down --name {n})", namespaces.len())
+            }
         }
     }
     Ok(())
 }
 
 fn serve(pod: &str, port: u16) -> Result<(), LabError> {
-    let server = knit_lab::serve::EchoServer::bind(pod, port).map_err(|e| LabError::Invalid(format!("bind port {port}: {e}")))?;
+    let server = knit_lab::serve::EchoServer::bind(pod, port)
+        .map_err(|e| LabError::Invalid(format!("bind port {port}: {e}")))?;
     server.run().map_err(|e| LabError::Invalid(format!("echo server: {e}")))
 }
 
@@ -373,7 +382,10 @@ fn matrix_run(build: &BuildArgs, json: bool, name: Option<String>) -> Result<boo
         let d = done.fetch_add(1, Ordering::Relaxed) + 1;
         let f = failed.fetch_add(usize::from(!c.ok), Ordering::Relaxed) + usize::from(!c.ok);
         if tty && (d.is_multiple_of(8) || d == total) {
-            eprint!("\r\x1b[2Kknit lab matrix: probing {d}/{total} cells, {f} failed, {:.1}s", t0.elapsed().as_secs_f64());
+            eprint!(
+                "\r\x1b[2Kknit lab matrix: probing {d}/{total} cells, {f} failed, {:.1}s",
+                t0.elapsed().as_secs_f64()
+            );
             let _ = std::io::stderr().flush();
         }
     };
@@ -433,7 +445,10 @@ fn print_cells(cells: &[Cell], json: bool, seconds: f64, extra: serde_json::Valu
         for c in cells.iter().filter(|c| c.retried) {
             println!("⚠ {} → {} [{} {}]: {}", c.source, c.target, c.proto.as_str(), c.placement.as_str(), c.detail);
         }
-        println!("{} cells: {passed} passed ({retried} on a second try), {failed} failed in {seconds:.1}s ({context})", cells.len());
+        println!(
+            "{} cells: {passed} passed ({retried} on a second try), {failed} failed in {seconds:.1}s ({context})",
+            cells.len()
+        );
     }
     failed == 0
 }
@@ -444,9 +459,18 @@ fn parse_pod(spec: &str, node: &str) -> Result<knit_lab::topology::Pod, LabError
         Some("overlay") => knit_lab::topology::PodKind::Overlay,
         Some("underlay") => knit_lab::topology::PodKind::Underlay,
         Some("multinic") => knit_lab::topology::PodKind::Multinic,
-        _ => return Err(LabError::Invalid(format!("--pod {spec:?}: use NAME:overlay, NAME:underlay:POOL or NAME:multinic:POOL"))),
+        _ => {
+            return Err(LabError::Invalid(format!(
+                "--pod {spec:?}: use NAME:overlay, NAME:underlay:POOL or NAME:multinic:POOL"
+            )))
+        }
     };
-    Ok(knit_lab::topology::Pod { name: parts[0].to_string(), node: node.to_string(), kind, pool: parts.get(2).map(|p| p.to_string()) })
+    Ok(knit_lab::topology::Pod {
+        name: parts[0].to_string(),
+        node: node.to_string(),
+        kind,
+        pool: parts.get(2).map(|p| p.to_string()),
+    })
 }
 
 fn add_node(name: &str, run_dir: &Path, node: &str, ip: ipnet::IpNet, pods: &[String]) -> Result<(), LabError> {
@@ -456,7 +480,10 @@ fn add_node(name: &str, run_dir: &Path, node: &str, ip: ipnet::IpNet, pods: &[St
     let t0 = Instant::now();
     let n = pods.len();
     lab.add_node(knit_lab::topology::Node { name: node.to_string(), ip }, pods, &exe, &cni_path())?;
-    eprintln!("knit lab: {node} joined {name} with {n} pods; every node and the ToR route to it ({:.1}s)", t0.elapsed().as_secs_f64());
+    eprintln!(
+        "knit lab: {node} joined {name} with {n} pods; every node and the ToR route to it ({:.1}s)",
+        t0.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 

@@ -34,79 +34,42 @@ struct Parsed {
 /// (`cniVersion` and `name` injected) and parses it with that plugin's own parser.
 fn parse_conflist(what: &str, bytes: &[u8], cidr_file: &Path) -> Parsed {
     let list = knit_cni::NetConfList::from_bytes(bytes).unwrap_or_else(|e| panic!("{what}: {e}"));
-    list.negotiated_version(knit_cni::SUPPORTED_VERSIONS)
-        .unwrap_or_else(|e| panic!("{what}: {e}"));
-    let mut parsed = Parsed {
-        list: list.clone(),
-        types: Vec::new(),
-        ipam: Vec::new(),
-        coordinator: None,
-    };
+    list.negotiated_version(knit_cni::SUPPORTED_VERSIONS).unwrap_or_else(|e| panic!("{what}: {e}"));
+    let mut parsed = Parsed { list: list.clone(), types: Vec::new(), ipam: Vec::new(), coordinator: None };
     for (i, p) in list.plugins.iter().enumerate() {
         let what = format!("{what}: plugins[{i}]");
         let mut conf = p.clone();
         conf.insert("cniVersion".into(), json!(list.cni_version));
         conf.insert("name".into(), json!(list.name));
-        let ty = p
-            .get("type")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
+        let ty = p.get("type").and_then(Value::as_str).unwrap_or_default().to_string();
         match ty.as_str() {
             "knit-routed" => {
                 let bytes = serde_json::to_vec(&conf).expect("json");
-                knit_routed::config::RoutedConf::parse(&bytes)
-                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+                knit_routed::config::RoutedConf::parse(&bytes).unwrap_or_else(|e| panic!("{what}: {e}"));
             }
             "knit-coordinator" => {
                 // The CIDRs come from the agent's file on a node; point at a test one.
                 conf.insert("cidrFile".into(), json!(cidr_file));
                 let bytes = serde_json::to_vec(&conf).expect("json");
-                parsed.coordinator =
-                    Some(Conf::parse(&bytes).unwrap_or_else(|e| panic!("{what}: {e}")));
+                parsed.coordinator = Some(Conf::parse(&bytes).unwrap_or_else(|e| panic!("{what}: {e}")));
             }
             "macvlan" => {
                 // Debian's plugin: check the fields it requires.
-                assert!(
-                    p.get("master")
-                        .and_then(Value::as_str)
-                        .is_some_and(|m| !m.is_empty()),
-                    "{what}: master"
-                );
+                assert!(p.get("master").and_then(Value::as_str).is_some_and(|m| !m.is_empty()), "{what}: master");
                 let mode = p.get("mode").and_then(Value::as_str).unwrap_or("bridge");
-                assert!(
-                    ["bridge", "private", "vepa", "passthru"].contains(&mode),
-                    "{what}: mode {mode}"
-                );
+                assert!(["bridge", "private", "vepa", "passthru"].contains(&mode), "{what}: mode {mode}");
             }
             other => panic!("{what}: unexpected plugin type {other:?}"),
         }
         if let Some(ipam) = p.get("ipam") {
-            assert_eq!(
-                ipam.get("type").and_then(Value::as_str),
-                Some("knit-ipam"),
-                "{what}: ipam.type"
-            );
-            let cfg = IpamConfig::from_value(ipam, "ipam")
-                .unwrap_or_else(|e| panic!("{what}: {}", e.msg()));
+            assert_eq!(ipam.get("type").and_then(Value::as_str), Some("knit-ipam"), "{what}: ipam.type");
+            let cfg = IpamConfig::from_value(ipam, "ipam").unwrap_or_else(|e| panic!("{what}: {}", e.msg()));
             match &cfg.store {
                 StoreKind::Etcd(e) => {
                     assert!(!e.endpoints.is_empty(), "{what}: etcdEndpoints");
-                    assert_eq!(
-                        e.ca_file,
-                        Some(Path::new(TLS_DIR).join("ca.crt")),
-                        "{what}: etcdCAFile"
-                    );
-                    assert_eq!(
-                        e.cert_file,
-                        Some(Path::new(TLS_DIR).join("tls.crt")),
-                        "{what}: etcdCertFile"
-                    );
-                    assert_eq!(
-                        e.key_file,
-                        Some(Path::new(TLS_DIR).join("tls.key")),
-                        "{what}: etcdKeyFile"
-                    );
+                    assert_eq!(e.ca_file, Some(Path::new(TLS_DIR).join("ca.crt")), "{what}: etcdCAFile");
+                    assert_eq!(e.cert_file, Some(Path::new(TLS_DIR).join("tls.crt")), "{what}: etcdCertFile");
+                    assert_eq!(e.key_file, Some(Path::new(TLS_DIR).join("tls.key")), "{what}: etcdKeyFile");
                 }
                 StoreKind::Local => panic!("{what}: the cluster examples use store \"etcd\""),
             }
@@ -119,11 +82,7 @@ fn parse_conflist(what: &str, bytes: &[u8], cidr_file: &Path) -> Parsed {
 
 fn cidr_file(dir: &Path) -> PathBuf {
     let p = dir.join("coordinator.json");
-    fs::write(
-        &p,
-        r#"{"overlayPodCIDR":["10.233.64.0/18"],"serviceCIDR":["10.233.0.0/18"]}"#,
-    )
-    .expect("write");
+    fs::write(&p, r#"{"overlayPodCIDR":["10.233.64.0/18"],"serviceCIDR":["10.233.0.0/18"]}"#).expect("write");
     p
 }
 
@@ -141,38 +100,21 @@ fn example_conflists_parse_with_the_plugins_own_parsers() {
         .map(|e| e.expect("dirent").file_name().to_string_lossy().to_string())
         .collect();
     names.sort();
-    assert_eq!(
-        names,
-        [
-            "10-knit.conflist",
-            "multinic-net1.conflist",
-            "underlay.conflist"
-        ]
-    );
+    assert_eq!(names, ["10-knit.conflist", "multinic-net1.conflist", "underlay.conflist"]);
     for name in &names {
         parse_conflist(name, &read(&dir.join(name)), &cidrs);
     }
 
     let overlay = parse_conflist("overlay", &read(&dir.join("10-knit.conflist")), &cidrs);
     assert_eq!(overlay.types, ["knit-routed"]);
-    assert!(
-        overlay.ipam[0].pools.iter().all(|p| p.affinity),
-        "overlay pools use per-node blocks"
-    );
+    assert!(overlay.ipam[0].pools.iter().all(|p| p.affinity), "overlay pools use per-node blocks");
 
     let underlay = parse_conflist("underlay", &read(&dir.join("underlay.conflist")), &cidrs);
     assert_eq!(underlay.types, ["macvlan", "knit-coordinator"]);
-    assert!(
-        underlay.ipam[0].pools.iter().all(|p| !p.affinity),
-        "underlay pools: blocks false"
-    );
+    assert!(underlay.ipam[0].pools.iter().all(|p| !p.affinity), "underlay pools: blocks false");
     let c = underlay.coordinator.expect("coordinator");
     assert_eq!(c.mode, Mode::Underlay);
-    assert_eq!(
-        c.overlay_pod_cidr[0].to_string(),
-        "10.233.64.0/18",
-        "CIDRs from the agent's file"
-    );
+    assert_eq!(c.overlay_pod_cidr[0].to_string(), "10.233.64.0/18", "CIDRs from the agent's file");
 
     let net1 = parse_conflist("net1", &read(&dir.join("multinic-net1.conflist")), &cidrs);
     assert_eq!(net1.types, ["macvlan", "knit-coordinator"]);
@@ -184,10 +126,7 @@ fn example_conflists_parse_with_the_plugins_own_parsers() {
         v["name"] = json!("");
         v["plugins"][1]["mode"] = json!("");
     }
-    assert_eq!(
-        a, b,
-        "multinic-net1.conflist = underlay.conflist with mode auto"
-    );
+    assert_eq!(a, b, "multinic-net1.conflist = underlay.conflist with mode auto");
 }
 
 /// The JSON under `config: |` in a NetworkAttachmentDefinition (a YAML block scalar).
@@ -224,36 +163,22 @@ fn network_attachment_definitions_carry_the_example_conflists() {
         let text = String::from_utf8(read(&deploy().join("multus").join(nad))).expect("utf-8");
         assert!(text.contains("kind: NetworkAttachmentDefinition"), "{nad}");
         assert!(text.contains("apiVersion: k8s.cni.cncf.io/v1"), "{nad}");
-        assert!(
-            text.contains(&format!("  name: {name}\n")),
-            "{nad}: metadata.name {name}"
-        );
+        assert!(text.contains(&format!("  name: {name}\n")), "{nad}: metadata.name {name}");
         let config = nad_config(&text);
         let parsed = parse_conflist(nad, config.as_bytes(), &cidrs);
-        assert_eq!(
-            parsed.list.name, name,
-            "{nad}: the network is named like the NAD"
-        );
+        assert_eq!(parsed.list.name, name, "{nad}: the network is named like the NAD");
         let from_nad: Value = serde_json::from_str(&config).expect("json");
-        let example: Value =
-            serde_json::from_slice(&read(&deploy().join("conflists").join(conflist)))
-                .expect("json");
-        assert_eq!(
-            from_nad, example,
-            "{nad} must carry deploy/conflists/{conflist}"
-        );
+        let example: Value = serde_json::from_slice(&read(&deploy().join("conflists").join(conflist))).expect("json");
+        assert_eq!(from_nad, example, "{nad} must carry deploy/conflists/{conflist}");
     }
     let pods = String::from_utf8(read(&deploy().join("multus/pods.yaml"))).expect("utf-8");
     assert!(pods.contains("v1.multus-cni.io/default-network: kube-system/knit-underlay"));
-    assert!(
-        pods.contains("k8s.v1.cni.cncf.io/networks:") && pods.contains(r#""name": "knit-net1""#)
-    );
+    assert!(pods.contains("k8s.v1.cni.cncf.io/networks:") && pods.contains(r#""name": "knit-net1""#));
 }
 
 #[test]
 fn overlay_example_is_what_knit_install_writes() {
-    let example: Value =
-        serde_json::from_slice(&read(&deploy().join("conflists/10-knit.conflist"))).expect("json");
+    let example: Value = serde_json::from_slice(&read(&deploy().join("conflists/10-knit.conflist"))).expect("json");
     let endpoints: Vec<&str> = example["plugins"][0]["ipam"]["etcdEndpoints"]
         .as_array()
         .expect("etcdEndpoints")
@@ -261,12 +186,8 @@ fn overlay_example_is_what_knit_install_writes() {
         .filter_map(Value::as_str)
         .collect();
     let tmp = tempfile::tempdir().expect("tempdir");
-    let (src, bin, conf, tls) = (
-        tmp.path().join("src"),
-        tmp.path().join("bin"),
-        tmp.path().join("conf"),
-        tmp.path().join("tls"),
-    );
+    let (src, bin, conf, tls) =
+        (tmp.path().join("src"), tmp.path().join("bin"), tmp.path().join("conf"), tmp.path().join("tls"));
     for d in [&src, &bin, &conf, &tls] {
         fs::create_dir(d).expect("mkdir");
     }
@@ -290,18 +211,11 @@ fn overlay_example_is_what_knit_install_writes() {
         .arg(&tls)
         .output()
         .expect("run knit install");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let written = fs::read_to_string(conf.join("10-knit.conflist")).expect("read");
     let written = written.replace(&conf.display().to_string(), "/etc/cni/net.d");
     let written: Value = serde_json::from_str(&written).expect("json");
-    assert_eq!(
-        written, example,
-        "deploy/conflists/10-knit.conflist must be what `knit install` writes"
-    );
+    assert_eq!(written, example, "deploy/conflists/10-knit.conflist must be what `knit install` writes");
 }
 
 /// The items of every `command:` list in a manifest (plain YAML block sequences).
@@ -331,32 +245,13 @@ fn commands(yaml: &str) -> Vec<Vec<String>> {
 #[test]
 fn daemonset_passes_only_flags_knit_knows() {
     let yaml = String::from_utf8(read(&deploy().join("daemonset.yaml"))).expect("utf-8");
-    let knit_cmds: Vec<Vec<String>> = commands(&yaml)
-        .into_iter()
-        .filter(|c| c.first().map(String::as_str) == Some("knit"))
-        .collect();
-    assert_eq!(
-        knit_cmds.len(),
-        2,
-        "the init container's `knit install` and the agent's `knit node run`"
-    );
+    let knit_cmds: Vec<Vec<String>> =
+        commands(&yaml).into_iter().filter(|c| c.first().map(String::as_str) == Some("knit")).collect();
+    assert_eq!(knit_cmds.len(), 2, "the init container's `knit install` and the agent's `knit node run`");
     for cmd in &knit_cmds {
-        let sub: Vec<&str> = cmd[1..]
-            .iter()
-            .map(String::as_str)
-            .take_while(|a| !a.starts_with('-'))
-            .collect();
-        let help = Command::new(knit())
-            .args(&sub)
-            .arg("--help")
-            .output()
-            .expect("run knit --help");
-        assert!(
-            help.status.success(),
-            "knit {} --help: {}",
-            sub.join(" "),
-            String::from_utf8_lossy(&help.stderr)
-        );
+        let sub: Vec<&str> = cmd[1..].iter().map(String::as_str).take_while(|a| !a.starts_with('-')).collect();
+        let help = Command::new(knit()).args(&sub).arg("--help").output().expect("run knit --help");
+        assert!(help.status.success(), "knit {} --help: {}", sub.join(" "), String::from_utf8_lossy(&help.stderr));
         let help = String::from_utf8_lossy(&help.stdout);
         for flag in cmd.iter().filter(|a| a.starts_with("--")) {
             let flag = flag.split('=').next().unwrap_or(flag);
@@ -371,9 +266,6 @@ fn daemonset_passes_only_flags_knit_knows() {
     let secret = String::from_utf8(read(&deploy().join("etcd-secret.yaml"))).expect("utf-8");
     assert!(secret.contains("  name: knit-etcd\n") && yaml.contains("secretName: knit-etcd"));
     for key in ["endpoints:", "ca.crt:", "tls.crt:", "tls.key:"] {
-        assert!(
-            secret.contains(&format!("  {key}")),
-            "etcd-secret.yaml: {key}"
-        );
+        assert!(secret.contains(&format!("  {key}")), "etcd-secret.yaml: {key}");
     }
 }

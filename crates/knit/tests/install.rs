@@ -32,12 +32,7 @@ fn dirs() -> Dirs {
     for name in BINARIES {
         fs::write(src.join(name), format!("#!/bin/sh\necho {name} v1\n")).expect("write src");
     }
-    Dirs {
-        _tmp: tmp,
-        src,
-        bin,
-        conf,
-    }
+    Dirs { _tmp: tmp, src, bin, conf }
 }
 
 fn install(d: &Dirs, extra: &[&str]) -> Output {
@@ -99,16 +94,9 @@ fn first_run_installs_second_run_changes_nothing() {
     let out = ok(&install(&d, &["--node", "node1"]));
     for name in BINARIES {
         let dest = d.bin.join(name);
-        assert_eq!(
-            fs::read(&dest).expect("installed"),
-            fs::read(d.src.join(name)).expect("src"),
-            "{name}"
-        );
+        assert_eq!(fs::read(&dest).expect("installed"), fs::read(d.src.join(name)).expect("src"), "{name}");
         assert_eq!(mode(&dest), 0o755, "{name} mode");
-        assert!(
-            out.contains(&format!("installed  {}", dest.display())),
-            "{out}"
-        );
+        assert!(out.contains(&format!("installed  {}", dest.display())), "{out}");
     }
     let conflist = d.conf.join("10-knit.conflist");
     let bytes = fs::read(&conflist).expect("conflist written");
@@ -128,15 +116,8 @@ fn first_run_installs_second_run_changes_nothing() {
     std::thread::sleep(std::time::Duration::from_millis(20));
     let out = ok(&install(&d, &["--node", "node1"]));
     assert!(out.contains("nothing changed"), "{out}");
-    assert!(
-        !out.contains("installed") && !out.contains("updated"),
-        "{out}"
-    );
-    assert_eq!(
-        (stamps(&d.bin), stamps(&d.conf)),
-        before,
-        "a second run must not touch any file"
-    );
+    assert!(!out.contains("installed") && !out.contains("updated"), "{out}");
+    assert_eq!((stamps(&d.bin), stamps(&d.conf)), before, "a second run must not touch any file");
 }
 
 #[test]
@@ -144,22 +125,12 @@ fn a_changed_binary_is_replaced_atomically() {
     let d = dirs();
     ok(&install(&d, &[]));
     let before = stamps(&d.bin);
-    fs::write(
-        d.src.join("knit-ipam"),
-        "#!/bin/sh\necho knit-ipam v2, longer\n",
-    )
-    .expect("write");
+    fs::write(d.src.join("knit-ipam"), "#!/bin/sh\necho knit-ipam v2, longer\n").expect("write");
     std::thread::sleep(std::time::Duration::from_millis(20));
     let out = ok(&install(&d, &[]));
-    assert!(
-        out.contains(&format!("updated    {}", d.bin.join("knit-ipam").display())),
-        "{out}"
-    );
+    assert!(out.contains(&format!("updated    {}", d.bin.join("knit-ipam").display())), "{out}");
     assert!(out.contains("1 of 5 files changed"), "{out}");
-    assert_eq!(
-        fs::read_to_string(d.bin.join("knit-ipam")).expect("read"),
-        "#!/bin/sh\necho knit-ipam v2, longer\n"
-    );
+    assert_eq!(fs::read_to_string(d.bin.join("knit-ipam")).expect("read"), "#!/bin/sh\necho knit-ipam v2, longer\n");
     assert_eq!(mode(&d.bin.join("knit-ipam")), 0o755);
     let after = stamps(&d.bin);
     for (b, a) in before.iter().zip(&after) {
@@ -182,10 +153,7 @@ fn a_changed_binary_is_replaced_atomically() {
     // A wrong mode alone is fixed without rewriting the file.
     fs::set_permissions(d.bin.join("knit"), fs::Permissions::from_mode(0o700)).expect("chmod");
     let out = ok(&install(&d, &[]));
-    assert!(
-        out.contains(&format!("mode fixed {}", d.bin.join("knit").display())),
-        "{out}"
-    );
+    assert!(out.contains(&format!("mode fixed {}", d.bin.join("knit").display())), "{out}");
     assert_eq!(mode(&d.bin.join("knit")), 0o755);
 }
 
@@ -193,23 +161,14 @@ fn a_changed_binary_is_replaced_atomically() {
 fn conflist_is_restored_and_can_be_skipped() {
     let d = dirs();
     ok(&install(&d, &["--conflist", "none"]));
-    assert!(
-        !d.conf.join("10-knit.conflist").exists(),
-        "--conflist none writes no conflist"
-    );
+    assert!(!d.conf.join("10-knit.conflist").exists(), "--conflist none writes no conflist");
 
     ok(&install(&d, &[]));
     let good = fs::read(d.conf.join("10-knit.conflist")).expect("read");
     fs::write(d.conf.join("10-knit.conflist"), "{\"edited\": true}\n").expect("write");
     let out = ok(&install(&d, &[]));
-    assert!(
-        out.contains("updated    ") && out.contains("10-knit.conflist"),
-        "{out}"
-    );
-    assert_eq!(
-        fs::read(d.conf.join("10-knit.conflist")).expect("read"),
-        good
-    );
+    assert!(out.contains("updated    ") && out.contains("10-knit.conflist"), "{out}");
+    assert_eq!(fs::read(d.conf.join("10-knit.conflist")).expect("read"), good);
 
     // A bad flag fails before anything is written.
     let e = failed(&install(&d, &["--overlay-cidr", "10.233.64.1/18"]));
@@ -225,33 +184,20 @@ fn etcd_tls_files_are_copied_next_to_the_conflist() {
     fs::write(tls.join("tls.crt"), "CERT PEM\n").expect("write");
     fs::write(tls.join("tls.key"), "KEY PEM\n").expect("write");
     let tls_arg = tls.to_string_lossy().to_string();
-    let args = [
-        "--etcd-endpoints",
-        "https://10.0.0.11:2379,https://10.0.0.12:2379",
-        "--etcd-tls-dir",
-        &tls_arg,
-    ];
+    let args = ["--etcd-endpoints", "https://10.0.0.11:2379,https://10.0.0.12:2379", "--etcd-tls-dir", &tls_arg];
     let out = ok(&install(&d, &args));
     assert!(out.contains("8 of 8 files changed"), "{out}");
     let tls_dest = d.conf.join("knit-tls");
     assert_eq!(mode(&tls_dest), 0o700);
     assert_eq!(mode(&tls_dest.join("tls.key")), 0o600);
-    assert_eq!(
-        fs::read_to_string(tls_dest.join("tls.key")).expect("read"),
-        "KEY PEM\n"
-    );
+    assert_eq!(fs::read_to_string(tls_dest.join("tls.key")).expect("read"), "KEY PEM\n");
 
     let bytes = fs::read(d.conf.join("10-knit.conflist")).expect("read");
     let list = knit_cni::NetConfList::from_bytes(&bytes).expect("parses");
     let ipam = list.plugins[0].get("ipam").expect("ipam").clone();
     let cfg = knit_ipam::IpamConfig::from_value(&ipam, "ipam").expect("ipam parses");
-    let knit_ipam::StoreKind::Etcd(e) = cfg.store else {
-        panic!("expected the etcd store")
-    };
-    assert_eq!(
-        e.endpoints,
-        ["https://10.0.0.11:2379", "https://10.0.0.12:2379"]
-    );
+    let knit_ipam::StoreKind::Etcd(e) = cfg.store else { panic!("expected the etcd store") };
+    assert_eq!(e.endpoints, ["https://10.0.0.11:2379", "https://10.0.0.12:2379"]);
     assert_eq!(e.ca_file, Some(tls_dest.join("ca.crt")));
     assert_eq!(e.cert_file, Some(tls_dest.join("tls.crt")));
     assert_eq!(e.key_file, Some(tls_dest.join("tls.key")));
@@ -278,10 +224,7 @@ fn missing_directories_and_files_are_named() {
         .output()
         .expect("run");
     let e = failed(&out);
-    assert!(
-        e.contains(&missing.display().to_string()) && e.contains("no such directory"),
-        "{e}"
-    );
+    assert!(e.contains(&missing.display().to_string()) && e.contains("no such directory"), "{e}");
 
     let missing_conf = d.conf.join("nope");
     let out = Command::new(knit())
@@ -295,15 +238,8 @@ fn missing_directories_and_files_are_named() {
         .output()
         .expect("run");
     let e = failed(&out);
-    assert!(
-        e.contains(&missing_conf.display().to_string()) && e.contains("--cni-conf-dir"),
-        "{e}"
-    );
-    assert_eq!(
-        fs::read_dir(&d.bin).expect("read_dir").count(),
-        0,
-        "nothing installed"
-    );
+    assert!(e.contains(&missing_conf.display().to_string()) && e.contains("--cni-conf-dir"), "{e}");
+    assert_eq!(fs::read_dir(&d.bin).expect("read_dir").count(), 0, "nothing installed");
 
     // A file where a directory should be.
     let file = d.conf.join("a-file");
@@ -319,23 +255,13 @@ fn missing_directories_and_files_are_named() {
         .output()
         .expect("run");
     let e = failed(&out);
-    assert!(
-        e.contains(&file.display().to_string()) && e.contains("not a directory"),
-        "{e}"
-    );
+    assert!(e.contains(&file.display().to_string()) && e.contains("not a directory"), "{e}");
 
     // A missing source binary: nothing is installed.
     fs::remove_file(d.src.join("knit-coordinator")).expect("rm");
     let e = failed(&install(&d, &[]));
-    assert!(
-        e.contains(&d.src.join("knit-coordinator").display().to_string()) && e.contains("missing"),
-        "{e}"
-    );
-    assert_eq!(
-        fs::read_dir(&d.bin).expect("read_dir").count(),
-        0,
-        "nothing installed"
-    );
+    assert!(e.contains(&d.src.join("knit-coordinator").display().to_string()) && e.contains("missing"), "{e}");
+    assert_eq!(fs::read_dir(&d.bin).expect("read_dir").count(), 0, "nothing installed");
     assert!(!d.conf.join("10-knit.conflist").exists());
 }
 
@@ -359,24 +285,10 @@ fn unwritable_directory_is_named_and_nothing_is_written() {
         // mount namespace that dies with the command.
         let script = "mount -t tmpfs -o ro knit-test \"$1\" && shift && exec \"$@\"";
         let mut cmd = Command::new("unshare");
-        cmd.args([
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            script,
-            "sh",
-        ])
-        .arg(&d.conf)
-        .args(args(&d.conf));
+        cmd.args(["--mount", "--propagation", "private", "sh", "-c", script, "sh"]).arg(&d.conf).args(args(&d.conf));
         let out = cmd.output().expect("run unshare");
-        if !out.status.success() && !String::from_utf8_lossy(&out.stderr).contains("knit install:")
-        {
-            eprintln!(
-                "SKIP: cannot make a read-only mount here: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+        if !out.status.success() && !String::from_utf8_lossy(&out.stderr).contains("knit install:") {
+            eprintln!("SKIP: cannot make a read-only mount here: {}", String::from_utf8_lossy(&out.stderr));
             return;
         }
         out
@@ -386,16 +298,9 @@ fn unwritable_directory_is_named_and_nothing_is_written() {
         Command::new(&a[0]).args(&a[1..]).output().expect("run")
     };
     let e = failed(&out);
-    assert!(
-        e.contains(&d.conf.display().to_string()) && e.contains("not writable"),
-        "{e}"
-    );
+    assert!(e.contains(&d.conf.display().to_string()) && e.contains("not writable"), "{e}");
     // Checked before anything was copied: no half-installed node.
-    assert_eq!(
-        fs::read_dir(&d.bin).expect("read_dir").count(),
-        0,
-        "nothing installed"
-    );
+    assert_eq!(fs::read_dir(&d.bin).expect("read_dir").count(), 0, "nothing installed");
 }
 
 fn nix_is_root() -> bool {
@@ -419,28 +324,18 @@ fn default_source_is_the_directory_of_knit() {
     ok(&out);
     for name in BINARIES {
         let (a, b) = (src_dir.join(name), tmp.path().join(name));
-        assert_eq!(
-            fs::metadata(&a).expect("src").len(),
-            fs::metadata(&b).expect("dest").len(),
-            "{name}"
-        );
+        assert_eq!(fs::metadata(&a).expect("src").len(), fs::metadata(&b).expect("dest").len(), "{name}");
         assert!(same(&a, &b), "{name} differs from its source");
         assert_eq!(mode(&b), 0o755);
     }
     // The installed knit runs.
-    let v = Command::new(tmp.path().join("knit"))
-        .arg("--version")
-        .output()
-        .expect("run installed knit");
+    let v = Command::new(tmp.path().join("knit")).arg("--version").output().expect("run installed knit");
     assert!(v.status.success());
 }
 
 fn same(a: &Path, b: &Path) -> bool {
     use std::io::Read;
-    let (mut fa, mut fb) = (
-        fs::File::open(a).expect("open"),
-        fs::File::open(b).expect("open"),
-    );
+    let (mut fa, mut fb) = (fs::File::open(a).expect("open"), fs::File::open(b).expect("open"));
     let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
     loop {
         let n = fa.read(&mut ba).expect("read");

@@ -21,13 +21,13 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
-use nix::sys::signal::Signal;
 use knit_agent::bird::{self, Bird, NodeBgp, Peer, Timers, TorBgp, TorSession};
 use knit_cni::runtime::{Runtime, RuntimeArgs};
 use knit_cni::NetConfList;
 use knit_host::link::{self, VethOptions};
 use knit_host::route::{self, Route};
 use knit_host::{addr, firewall, sysctl, Family, Handle, Netns};
+use nix::sys::signal::Signal;
 use serde_json::Value;
 
 use crate::error::{host, io, LabError, Result};
@@ -143,7 +143,8 @@ impl Lab {
             plan.etcd = Some(plan::etcd_endpoint(&plan.topo)?);
             state.etcd = plan.etcd.clone();
         }
-        let mut lab = Lab { plan, state, namespaces: BTreeMap::new(), servers: Vec::new(), children: Vec::new(), keep: false };
+        let mut lab =
+            Lab { plan, state, namespaces: BTreeMap::new(), servers: Vec::new(), children: Vec::new(), keep: false };
         // On error `lab` drops here and tears down what was made.
         lab.build(opts, progress)?;
         Ok(lab)
@@ -175,7 +176,9 @@ impl Lab {
     /// The namespace of a node, pod, client or the fabric (`fabric`).
     pub fn netns(&self, part: &str) -> Result<&Netns> {
         let full = self.plan.ns(part);
-        self.namespaces.get(&full).ok_or_else(|| LabError::Invalid(format!("lab {} has no node, pod or client {part:?}", self.plan.name)))
+        self.namespaces
+            .get(&full)
+            .ok_or_else(|| LabError::Invalid(format!("lab {} has no node, pod or client {part:?}", self.plan.name)))
     }
 
     fn build(&mut self, opts: &Options, progress: &dyn Fn(&str)) -> Result<()> {
@@ -230,7 +233,11 @@ impl Lab {
         let fh = Handle::in_netns(fabric).map_err(host(format!("netlink in {fname}")))?;
         let br = bridge(&fh, UNDERLAY_BRIDGE, &topo.fabric.gateways, &fname)?;
         let has_external = topo.clients.iter().any(|c| c.side == ClientSide::External);
-        let brx = if has_external { Some(bridge(&fh, EXTERNAL_BRIDGE, &[topo.fabric.external_gateway], &fname)?) } else { None };
+        let brx = if has_external {
+            Some(bridge(&fh, EXTERNAL_BRIDGE, &[topo.fabric.external_gateway], &fname)?)
+        } else {
+            None
+        };
         sysctl::set_in(fabric, "net.ipv4.ip_forward", "1").map_err(host(format!("forwarding in {fname}")))?;
 
         let mut uplinks: Vec<(String, char, IpNet, IpAddr, u32)> = Vec::new();
@@ -259,7 +266,8 @@ impl Lab {
         let ns = self.netns(name)?;
         let port = LabPlan::fabric_link(kind, name);
         let what = format!("{name}'s uplink");
-        let idx = link::create_veth(fh, &port, "eth0", Some(ns), &VethOptions { up: true, ..Default::default() }).map_err(host(what.clone()))?;
+        let idx = link::create_veth(fh, &port, "eth0", Some(ns), &VethOptions { up: true, ..Default::default() })
+            .map_err(host(what.clone()))?;
         link::set_master(fh, idx, Some(master)).map_err(host(what.clone()))?;
         let h = Handle::in_netns(ns).map_err(host(what.clone()))?;
         let eth0 = link::index_of(&h, "eth0").map_err(host(what.clone()))?;
@@ -275,7 +283,11 @@ impl Lab {
     pub(crate) fn make_node(&mut self, node: &str) -> Result<()> {
         self.make_ns(node)?;
         let n = self.plan.topo.node(node).cloned().ok_or_else(|| LabError::Invalid(format!("no node {node}")))?;
-        let gw = self.plan.topo.fabric_gateway_for(n.ip.addr()).ok_or_else(|| LabError::Invalid(format!("node {node}: {} is in no fabric subnet", n.ip)))?;
+        let gw = self
+            .plan
+            .topo
+            .fabric_gateway_for(n.ip.addr())
+            .ok_or_else(|| LabError::Invalid(format!("node {node}: {} is in no fabric subnet", n.ip)))?;
         let fh = Handle::in_netns(self.netns(crate::topology::FABRIC_NAME)?).map_err(host("netlink in the fabric"))?;
         let br = link::index_of(&fh, UNDERLAY_BRIDGE).map_err(host("fabric bridge"))?;
         self.uplink(&fh, node, 'n', n.ip, gw.addr(), br)
@@ -339,7 +351,18 @@ impl Lab {
                                 let result = node_ns
                                     .run(|| runtime.add(&list, &rt))
                                     .map_err(host(format!("enter node {}", node.name)))?
-                                    .map_err(|e| cni_err(format!("{} (code {}){}", e.msg, e.code, if e.details.is_empty() { String::new() } else { format!(": {}", e.details) })))?;
+                                    .map_err(|e| {
+                                        cni_err(format!(
+                                            "{} (code {}){}",
+                                            e.msg,
+                                            e.code,
+                                            if e.details.is_empty() {
+                                                String::new()
+                                            } else {
+                                                format!(": {}", e.details)
+                                            }
+                                        ))
+                                    })?;
                                 st.ips.insert(att.ifname.clone(), result_ips(&result, &att.ifname));
                             }
                             pods.push(st);
@@ -348,7 +371,10 @@ impl Lab {
                     })
                 })
                 .collect();
-            handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(LabError::Invalid("a CNI thread panicked".into())))).collect()
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err(LabError::Invalid("a CNI thread panicked".into()))))
+                .collect()
         });
         for r in results {
             for p in r? {
@@ -379,7 +405,8 @@ impl Lab {
         let liberal = mode == Mode::Modern;
         for n in &topo.nodes {
             let ns = self.netns(&n.name)?;
-            let cfg = NodeConfig { node: n.name.clone(), cluster_cidr: topo.overlay_cidr, mode, tcp_be_liberal: liberal };
+            let cfg =
+                NodeConfig { node: n.name.clone(), cluster_cidr: topo.overlay_cidr, mode, tcp_be_liberal: liberal };
             let rules = kubeproxy::generate(&cfg, &ports);
             firewall::iptables_restore(Some(ns), Family::V4, &rules.restore_text(), false)
                 .map_err(host(format!("{}: kube-proxy rules", n.name)))?;
@@ -392,7 +419,13 @@ impl Lab {
 
     pub(crate) fn start_servers(&mut self, serve: &Serve, only_node: Option<&str>) -> Result<()> {
         let port = self.plan.topo.echo_port;
-        let pods: Vec<String> = self.state.pods.values().filter(|p| only_node.is_none_or(|o| o == p.node)).map(|p| p.name.clone()).collect();
+        let pods: Vec<String> = self
+            .state
+            .pods
+            .values()
+            .filter(|p| only_node.is_none_or(|o| o == p.node))
+            .map(|p| p.name.clone())
+            .collect();
         for pod in pods {
             let ns = self.netns(&pod)?;
             match serve {
@@ -429,12 +462,17 @@ impl Lab {
                 let ns = self.netns(&p.name)?;
                 let dst = std::net::SocketAddr::new(ip, port);
                 loop {
-                    let ok = ns.run(|| crate::serve::probe_tcp(dst, Duration::from_millis(200)).is_ok()).unwrap_or(false);
+                    let ok =
+                        ns.run(|| crate::serve::probe_tcp(dst, Duration::from_millis(200)).is_ok()).unwrap_or(false);
                     if ok {
                         break;
                     }
                     if Instant::now() > deadline {
-                        return Err(LabError::Invalid(format!("pod {}: echo server did not start (see {})", p.name, self.plan.dir.display())));
+                        return Err(LabError::Invalid(format!(
+                            "pod {}: echo server did not start (see {})",
+                            p.name,
+                            self.plan.dir.display()
+                        )));
                     }
                     std::thread::sleep(Duration::from_millis(20));
                 }
@@ -447,7 +485,8 @@ impl Lab {
     fn underlay_ips(&self, node: &str) -> Result<Vec<IpNet>> {
         let ns = self.netns(node)?;
         let h = Handle::in_netns(ns).map_err(host(format!("netlink in {node}")))?;
-        let list = knit_coordinator::underlay::list(&h, HOST_RULE_TABLE).map_err(host(format!("{node}: underlay IPs")))?;
+        let list =
+            knit_coordinator::underlay::list(&h, HOST_RULE_TABLE).map_err(host(format!("{node}: underlay IPs")))?;
         Ok(list.into_iter().map(|u| IpNet::from(u.ip)).collect())
     }
 
@@ -459,7 +498,8 @@ impl Lab {
         // Cluster mode: the blocks are in etcd, which listens on a fabric address; ask from a
         // node's namespace with the node's own IPAM configuration.
         let conf = self.plan.overlay_conflist(node);
-        let cfg = knit_ipam::IpamConfig::from_value(&conf["plugins"][0]["ipam"], "ipam").map_err(|e| err(e.to_string()))?;
+        let cfg =
+            knit_ipam::IpamConfig::from_value(&conf["plugins"][0]["ipam"], "ipam").map_err(|e| err(e.to_string()))?;
         self.netns(node)?
             .run(|| knit_ipam::Ipam::open_for_inspection(cfg).and_then(|i| i.blocks_of(node)))
             .map_err(host(format!("enter node {node}")))?
@@ -476,9 +516,17 @@ impl Lab {
         };
         for n in &topo.nodes {
             let node_ip = v4(&n.name, n.ip.addr())?;
-            let gw = topo.fabric_gateway_for(n.ip.addr()).map(|g| g.addr()).ok_or_else(|| LabError::Invalid(format!("node {}: no fabric subnet", n.name)))?;
+            let gw = topo
+                .fabric_gateway_for(n.ip.addr())
+                .map(|g| g.addr())
+                .ok_or_else(|| LabError::Invalid(format!("node {}: no fabric subnet", n.name)))?;
             let gw = v4("fabric gateway", gw)?;
-            let peers = topo.nodes.iter().filter(|o| o.name != n.name).map(|o| v4(&o.name, o.ip.addr())).collect::<Result<Vec<_>>>()?;
+            let peers = topo
+                .nodes
+                .iter()
+                .filter(|o| o.name != n.name)
+                .map(|o| v4(&o.name, o.ip.addr()))
+                .collect::<Result<Vec<_>>>()?;
             let cfg = NodeBgp {
                 node_ip,
                 asn: topo.node_asn,
@@ -490,7 +538,8 @@ impl Lab {
                 service_cidrs: vec![topo.service_cidr],
                 timers: Timers::FAST,
             };
-            let text = bird::node_config(&cfg).map_err(|e| LabError::Bgp { node: n.name.clone(), msg: e.to_string() })?;
+            let text =
+                bird::node_config(&cfg).map_err(|e| LabError::Bgp { node: n.name.clone(), msg: e.to_string() })?;
             self.spawn_bird(&n.name, Some(&text))?;
         }
         self.start_tor()
@@ -500,7 +549,9 @@ impl Lab {
         let topo = &self.plan.topo;
         let mut sessions = Vec::new();
         for n in &topo.nodes {
-            let (IpAddr::V4(node_ip), Some(IpAddr::V4(gw))) = (n.ip.addr(), topo.fabric_gateway_for(n.ip.addr()).map(|g| g.addr())) else {
+            let (IpAddr::V4(node_ip), Some(IpAddr::V4(gw))) =
+                (n.ip.addr(), topo.fabric_gateway_for(n.ip.addr()).map(|g| g.addr()))
+            else {
                 return Err(LabError::Invalid(format!("node {}: BGP in the lab is IPv4 only", n.name)));
             };
             sessions.push(TorSession { local_ip: gw, node: Peer { ip: IpAddr::V4(node_ip), asn: topo.node_asn } });
@@ -564,7 +615,12 @@ impl Lab {
             // Start BIRD once the agent's configuration holds everything the node has (its
             // blocks, underlay IPs and every peer): a later reload would then change nothing,
             // and no route flaps while the matrix runs.
-            let mut want: Vec<String> = self.blocks(n)?.iter().chain(self.underlay_ips(n)?.iter()).map(|net| format!("route {} blackhole;", net.trunc())).collect();
+            let mut want: Vec<String> = self
+                .blocks(n)?
+                .iter()
+                .chain(self.underlay_ips(n)?.iter())
+                .map(|net| format!("route {} blackhole;", net.trunc()))
+                .collect();
             for o in self.plan.topo.nodes.iter().filter(|o| &o.name != n) {
                 want.push(format!("protocol bgp {} {{", bird::peer_protocol_name(o.ip.addr())));
             }
@@ -576,10 +632,20 @@ impl Lab {
                 }
                 if Instant::now() > deadline {
                     let missing: Vec<&String> = want.iter().filter(|w| !text.contains(w.as_str())).collect();
-                    return Err(LabError::Bgp { node: n.clone(), msg: format!("the node agent's {} lacks {missing:?} (log in {})", conf.display(), self.plan.dir.display()) });
+                    return Err(LabError::Bgp {
+                        node: n.clone(),
+                        msg: format!(
+                            "the node agent's {} lacks {missing:?} (log in {})",
+                            conf.display(),
+                            self.plan.dir.display()
+                        ),
+                    });
                 }
                 if let Some(dead) = self.dead_child() {
-                    return Err(LabError::Bgp { node: n.clone(), msg: format!("a process exited early: {dead} (logs in {})", self.plan.dir.display()) });
+                    return Err(LabError::Bgp {
+                        node: n.clone(),
+                        msg: format!("a process exited early: {dead} (logs in {})", self.plan.dir.display()),
+                    });
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -598,7 +664,12 @@ impl Lab {
         cmd.args(["--name", "knit-lab", "--data-dir"])
             .arg(&data)
             .args(["--listen-client-urls", &ep, "--advertise-client-urls", &ep])
-            .args(["--listen-peer-urls", "http://127.0.0.1:2380", "--initial-advertise-peer-urls", "http://127.0.0.1:2380"])
+            .args([
+                "--listen-peer-urls",
+                "http://127.0.0.1:2380",
+                "--initial-advertise-peer-urls",
+                "http://127.0.0.1:2380",
+            ])
             .args(["--initial-cluster", "knit-lab=http://127.0.0.1:2380", "--log-level", "warn"])
             .stdin(Stdio::null())
             .stdout(out)
@@ -618,13 +689,24 @@ impl Lab {
         loop {
             let r = fabric
                 .run(|| -> std::result::Result<(), String> {
-                    let mut reg = knit_agent::registry::Registry::connect(std::slice::from_ref(&ep), &Default::default(), knit_agent::registry::DEFAULT_PREFIX, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+                    let mut reg = knit_agent::registry::Registry::connect(
+                        std::slice::from_ref(&ep),
+                        &Default::default(),
+                        knit_agent::registry::DEFAULT_PREFIX,
+                        Duration::from_secs(2),
+                    )
+                    .map_err(|e| e.to_string())?;
                     reg.set_cluster_config(&cluster).map_err(|e| e.to_string())
                 })
                 .map_err(host("enter fabric"))?;
             match r {
                 Ok(()) => return Ok(()),
-                Err(e) if Instant::now() > deadline => return Err(LabError::Invalid(format!("etcd at {ep} did not come up: {e} (log: {})", log.display()))),
+                Err(e) if Instant::now() > deadline => {
+                    return Err(LabError::Invalid(format!(
+                        "etcd at {ep} did not come up: {e} (log: {})",
+                        log.display()
+                    )))
+                }
                 Err(_) => std::thread::sleep(Duration::from_millis(100)),
             }
             if let Some(dead) = self.dead_child() {
@@ -646,30 +728,43 @@ impl Lab {
         let ep = self.plan.etcd.clone().ok_or_else(|| LabError::Invalid("no etcd endpoint".into()))?;
         let topo = self.plan.topo.clone();
         for n in topo.nodes.iter().filter(|n| n.name == node) {
-            let gw = topo.fabric_gateway_for(n.ip.addr()).map(|g| g.addr()).ok_or_else(|| LabError::Invalid(format!("node {}: no fabric subnet", n.name)))?;
+            let gw = topo
+                .fabric_gateway_for(n.ip.addr())
+                .map(|g| g.addr())
+                .ok_or_else(|| LabError::Invalid(format!("node {}: no fabric subnet", n.name)))?;
             let ipam_file = self.plan.dir.join(format!("ipam-{}.json", n.name));
             let conf = self.plan.overlay_conflist(&n.name);
-            fs::write(&ipam_file, serde_json::to_vec_pretty(&conf["plugins"][0]["ipam"]).unwrap_or_default()).map_err(io("write", &ipam_file))?;
+            fs::write(&ipam_file, serde_json::to_vec_pretty(&conf["plugins"][0]["ipam"]).unwrap_or_default())
+                .map_err(io("write", &ipam_file))?;
             let bird_dir = self.plan.bird_dir(&n.name);
             fs::create_dir_all(&bird_dir).map_err(io("create BIRD directory", &bird_dir))?;
             let log = self.plan.dir.join(format!("agent-{}.log", n.name));
             let out = fs::File::create(&log).map_err(io("create log", &log))?;
             let err = out.try_clone().map_err(io("create log", &log))?;
             let mut cmd = Command::new(knit_exe);
-            cmd.args(["node", "run", "--etcd-endpoints", &ep, "--node", &n.name, "--node-ip", &n.ip.addr().to_string()])
-                .args(["--as", &topo.node_asn.to_string(), "--tor", &gw.to_string(), "--tor-as", &topo.tor_asn.to_string()])
-                .arg("--bird-dir")
-                .arg(&bird_dir)
-                .arg("--ipam-config")
-                .arg(&ipam_file)
-                .arg("--cidr-file")
-                .arg(self.plan.cidr_file(&n.name))
-                .args(["--lease-ttl", "4", "--interval-ms", "200"])
-                .env("KNIT_LOG", "info")
-                .stdin(Stdio::null())
-                .stdout(out)
-                .stderr(err)
-                .process_group(0);
+            cmd.args([
+                "node",
+                "run",
+                "--etcd-endpoints",
+                &ep,
+                "--node",
+                &n.name,
+                "--node-ip",
+                &n.ip.addr().to_string(),
+            ])
+            .args(["--as", &topo.node_asn.to_string(), "--tor", &gw.to_string(), "--tor-as", &topo.tor_asn.to_string()])
+            .arg("--bird-dir")
+            .arg(&bird_dir)
+            .arg("--ipam-config")
+            .arg(&ipam_file)
+            .arg("--cidr-file")
+            .arg(self.plan.cidr_file(&n.name))
+            .args(["--lease-ttl", "4", "--interval-ms", "200"])
+            .env("KNIT_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0);
             let ns = self.netns(&n.name)?;
             let child = ns.spawn(&mut cmd).map_err(host(format!("{}: start the node agent", n.name)))?;
             self.state.pids.push(child.id());
@@ -681,10 +776,18 @@ impl Lab {
             let f = self.plan.cidr_file(&n.name);
             while !f.exists() {
                 if let Some(dead) = self.dead_child() {
-                    return Err(LabError::Invalid(format!("a node agent exited: {dead} (logs in {})", self.plan.dir.display())));
+                    return Err(LabError::Invalid(format!(
+                        "a node agent exited: {dead} (logs in {})",
+                        self.plan.dir.display()
+                    )));
                 }
                 if Instant::now() > deadline {
-                    return Err(LabError::Invalid(format!("node agent of {} wrote no {} (log in {})", n.name, f.display(), self.plan.dir.display())));
+                    return Err(LabError::Invalid(format!(
+                        "node agent of {} wrote no {} (log in {})",
+                        n.name,
+                        f.display(),
+                        self.plan.dir.display()
+                    )));
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -752,12 +855,19 @@ impl Lab {
                 return Ok(());
             }
             if let Some(dead) = self.dead_child() {
-                return Err(LabError::Bgp { node: "lab".into(), msg: format!("a process exited early: {dead} (logs in {})", self.plan.dir.display()) });
+                return Err(LabError::Bgp {
+                    node: "lab".into(),
+                    msg: format!("a process exited early: {dead} (logs in {})", self.plan.dir.display()),
+                });
             }
             if Instant::now() > deadline {
                 return Err(LabError::Bgp {
                     node: "lab".into(),
-                    msg: format!("no convergence after {CONVERGE_TIMEOUT:?}; missing {} (BIRD logs in {})", missing.join(", "), self.plan.dir.join("bird").display()),
+                    msg: format!(
+                        "no convergence after {CONVERGE_TIMEOUT:?}; missing {} (BIRD logs in {})",
+                        missing.join(", "),
+                        self.plan.dir.join("bird").display()
+                    ),
                 });
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -804,13 +914,13 @@ impl Drop for Lab {
         }
         self.stop_local();
         self.namespaces.clear();
-        let run_dir = self.plan.dir.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(plan::DEFAULT_RUN_DIR));
+        let run_dir =
+            self.plan.dir.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(plan::DEFAULT_RUN_DIR));
         if let Err(e) = down(&self.plan.name, &run_dir) {
             eprintln!("knit lab: cleaning up {}: {e}", self.plan.name);
         }
     }
 }
-
 
 fn bridge(h: &Handle, name: &str, addrs: &[IpNet], ns: &str) -> Result<u32> {
     let what = format!("{ns}: bridge {name}");
@@ -831,10 +941,9 @@ fn result_ips(result: &Value, ifname: &str) -> Vec<IpAddr> {
     let mine: Vec<IpAddr> = ips
         .iter()
         .filter(|ip| {
-            ip["interface"]
-                .as_u64()
-                .and_then(|i| ifaces.get(i as usize))
-                .is_some_and(|iface| iface["name"] == ifname && iface["sandbox"].as_str().is_some_and(|s| !s.is_empty()))
+            ip["interface"].as_u64().and_then(|i| ifaces.get(i as usize)).is_some_and(|iface| {
+                iface["name"] == ifname && iface["sandbox"].as_str().is_some_and(|s| !s.is_empty())
+            })
         })
         .filter_map(parse)
         .collect();
@@ -848,11 +957,7 @@ fn result_ips(result: &Value, ifname: &str) -> Vec<IpAddr> {
 /// Namespaces of lab `name` that exist now.
 pub fn existing_namespaces(name: &str) -> Result<Vec<String>> {
     let prefix = plan::ns_prefix(name);
-    Ok(Netns::list_named()
-        .map_err(host("list namespaces"))?
-        .into_iter()
-        .filter(|n| n.starts_with(&prefix))
-        .collect())
+    Ok(Netns::list_named().map_err(host("list namespaces"))?.into_iter().filter(|n| n.starts_with(&prefix)).collect())
 }
 
 /// What a teardown removed.
@@ -925,7 +1030,11 @@ fn processes_in(inodes: &BTreeSet<u64>) -> Vec<u32> {
         let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
         let Ok(target) = fs::read_link(e.path().join("ns/net")) else { continue };
         // "net:[4026532123]"
-        let ino = target.to_str().and_then(|s| s.strip_prefix("net:[")).and_then(|s| s.strip_suffix(']')).and_then(|s| s.parse::<u64>().ok());
+        let ino = target
+            .to_str()
+            .and_then(|s| s.strip_prefix("net:["))
+            .and_then(|s| s.strip_suffix(']'))
+            .and_then(|s| s.parse::<u64>().ok());
         if ino.is_some_and(|i| inodes.contains(&i)) {
             out.push(pid);
         }

@@ -133,10 +133,7 @@ impl ServicePort {
 
     /// `KUBE-SEP-<hash>` of one endpoint.
     pub fn sep_chain(&self, ep: &Endpoint) -> String {
-        format!(
-            "KUBE-SEP-{}",
-            port_proto_hash(&self.port_name_string(), self.protocol, &ep.addr())
-        )
+        format!("KUBE-SEP-{}", port_proto_hash(&self.port_name_string(), self.protocol, &ep.addr()))
     }
 }
 
@@ -144,11 +141,7 @@ impl ServicePort {
 /// port, and the lab probes Services over TCP and UDP, so every lab Service
 /// has a port named `tcp` and one named `udp` with the same numbers.
 /// `endpoints` are (pod IP, node name) pairs; the target port comes from `svc`.
-pub fn lab_service_ports(
-    namespace: &str,
-    svc: &topology::Service,
-    endpoints: &[(IpAddr, String)],
-) -> Vec<ServicePort> {
+pub fn lab_service_ports(namespace: &str, svc: &topology::Service, endpoints: &[(IpAddr, String)]) -> Vec<ServicePort> {
     [Protocol::Tcp, Protocol::Udp]
         .into_iter()
         .map(|protocol| ServicePort {
@@ -162,11 +155,7 @@ pub fn lab_service_ports(
             external_traffic_policy: svc.external_traffic_policy,
             endpoints: endpoints
                 .iter()
-                .map(|(ip, node)| Endpoint {
-                    ip: *ip,
-                    port: svc.target_port,
-                    node: node.clone(),
-                })
+                .map(|(ip, node)| Endpoint { ip: *ip, port: svc.target_port, node: node.clone() })
                 .collect(),
         })
         .collect()
@@ -212,12 +201,7 @@ struct Table {
 
 impl Table {
     fn new(name: &'static str, builtin: &'static [&'static str]) -> Table {
-        Table {
-            name,
-            builtin,
-            chains: Vec::new(),
-            rules: Vec::new(),
-        }
+        Table { name, builtin, chains: Vec::new(), rules: Vec::new() }
     }
 
     fn chain(&mut self, name: &str) {
@@ -263,13 +247,7 @@ pub fn generate(cfg: &NodeConfig, services: &[ServicePort]) -> Rules {
     let mut nat = Table::new("nat", &["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"]);
     let mut filter = Table::new("filter", &["INPUT", "FORWARD", "OUTPUT"]);
 
-    for c in [
-        "KUBE-NODEPORTS",
-        "KUBE-SERVICES",
-        "KUBE-MARK-MASQ",
-        "KUBE-POSTROUTING",
-        "KUBE-PROXY-CANARY",
-    ] {
+    for c in ["KUBE-NODEPORTS", "KUBE-SERVICES", "KUBE-MARK-MASQ", "KUBE-POSTROUTING", "KUBE-PROXY-CANARY"] {
         nat.chain(c);
     }
     for c in [
@@ -302,112 +280,43 @@ pub fn generate(cfg: &NodeConfig, services: &[ServicePort]) -> Rules {
         ),
     );
 
-    Rules {
-        nat: nat.render(),
-        filter: filter.render(),
-    }
+    Rules { nat: nat.render(), filter: filter.render() }
 }
 
 /// The built-in chains' jumps, in the order iptables-save shows them after
 /// kube-proxy prepended each one (so the last prepended comes first).
 fn jump_rules(nat: &mut Table, filter: &mut Table) {
     let new = "-m conntrack --ctstate NEW";
+    filter.rule("INPUT", &format!("{new} {} -j KUBE-PROXY-FIREWALL", comment("kubernetes load balancer firewall")));
+    filter.rule("INPUT", &format!("{} -j KUBE-NODEPORTS", comment("kubernetes health check service ports")));
     filter.rule(
         "INPUT",
-        &format!(
-            "{new} {} -j KUBE-PROXY-FIREWALL",
-            comment("kubernetes load balancer firewall")
-        ),
-    );
-    filter.rule(
-        "INPUT",
-        &format!(
-            "{} -j KUBE-NODEPORTS",
-            comment("kubernetes health check service ports")
-        ),
-    );
-    filter.rule(
-        "INPUT",
-        &format!(
-            "{new} {} -j KUBE-EXTERNAL-SERVICES",
-            comment("kubernetes externally-visible service portals")
-        ),
+        &format!("{new} {} -j KUBE-EXTERNAL-SERVICES", comment("kubernetes externally-visible service portals")),
     );
     filter.rule("INPUT", "-j KUBE-FIREWALL");
+    filter.rule("FORWARD", &format!("{new} {} -j KUBE-PROXY-FIREWALL", comment("kubernetes load balancer firewall")));
+    filter.rule("FORWARD", &format!("{} -j KUBE-FORWARD", comment("kubernetes forwarding rules")));
+    filter.rule("FORWARD", &format!("{new} {} -j KUBE-SERVICES", comment("kubernetes service portals")));
     filter.rule(
         "FORWARD",
-        &format!(
-            "{new} {} -j KUBE-PROXY-FIREWALL",
-            comment("kubernetes load balancer firewall")
-        ),
+        &format!("{new} {} -j KUBE-EXTERNAL-SERVICES", comment("kubernetes externally-visible service portals")),
     );
-    filter.rule(
-        "FORWARD",
-        &format!("{} -j KUBE-FORWARD", comment("kubernetes forwarding rules")),
-    );
-    filter.rule(
-        "FORWARD",
-        &format!(
-            "{new} {} -j KUBE-SERVICES",
-            comment("kubernetes service portals")
-        ),
-    );
-    filter.rule(
-        "FORWARD",
-        &format!(
-            "{new} {} -j KUBE-EXTERNAL-SERVICES",
-            comment("kubernetes externally-visible service portals")
-        ),
-    );
-    filter.rule(
-        "OUTPUT",
-        &format!(
-            "{new} {} -j KUBE-PROXY-FIREWALL",
-            comment("kubernetes load balancer firewall")
-        ),
-    );
-    filter.rule(
-        "OUTPUT",
-        &format!(
-            "{new} {} -j KUBE-SERVICES",
-            comment("kubernetes service portals")
-        ),
-    );
+    filter.rule("OUTPUT", &format!("{new} {} -j KUBE-PROXY-FIREWALL", comment("kubernetes load balancer firewall")));
+    filter.rule("OUTPUT", &format!("{new} {} -j KUBE-SERVICES", comment("kubernetes service portals")));
     filter.rule("OUTPUT", "-j KUBE-FIREWALL");
-    nat.rule(
-        "PREROUTING",
-        &format!("{} -j KUBE-SERVICES", comment("kubernetes service portals")),
-    );
-    nat.rule(
-        "OUTPUT",
-        &format!("{} -j KUBE-SERVICES", comment("kubernetes service portals")),
-    );
-    nat.rule(
-        "POSTROUTING",
-        &format!(
-            "{} -j KUBE-POSTROUTING",
-            comment("kubernetes postrouting rules")
-        ),
-    );
+    nat.rule("PREROUTING", &format!("{} -j KUBE-SERVICES", comment("kubernetes service portals")));
+    nat.rule("OUTPUT", &format!("{} -j KUBE-SERVICES", comment("kubernetes service portals")));
+    nat.rule("POSTROUTING", &format!("{} -j KUBE-POSTROUTING", comment("kubernetes postrouting rules")));
 }
 
 /// Rules that do not depend on Services: masquerade marking and KUBE-FORWARD.
 fn static_rules(cfg: &NodeConfig, v4: bool, nat: &mut Table, filter: &mut Table) {
-    nat.rule(
-        "KUBE-POSTROUTING",
-        &format!("-m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN"),
-    );
+    nat.rule("KUBE-POSTROUTING", &format!("-m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN"));
     // Clear the mark so a packet re-entering the stack (e.g. tunnelled) is not masqueraded twice.
+    nat.rule("KUBE-POSTROUTING", &format!("-j MARK --xor-mark {MASQ_MARK}"));
     nat.rule(
         "KUBE-POSTROUTING",
-        &format!("-j MARK --xor-mark {MASQ_MARK}"),
-    );
-    nat.rule(
-        "KUBE-POSTROUTING",
-        &format!(
-            "{} -j MASQUERADE --random-fully",
-            comment("kubernetes service traffic requiring SNAT")
-        ),
+        &format!("{} -j MASQUERADE --random-fully", comment("kubernetes service traffic requiring SNAT")),
     );
     nat.rule("KUBE-MARK-MASQ", &format!("-j MARK --or-mark {MASQ_MARK}"));
 
@@ -428,10 +337,7 @@ fn static_rules(cfg: &NodeConfig, v4: bool, nat: &mut Table, filter: &mut Table)
     }
     filter.rule(
         "KUBE-FORWARD",
-        &format!(
-            "{} -m mark --mark {MASQ_MARK}/{MASQ_MARK} -j ACCEPT",
-            comment("kubernetes forwarding rules")
-        ),
+        &format!("{} -m mark --mark {MASQ_MARK}/{MASQ_MARK} -j ACCEPT", comment("kubernetes forwarding rules")),
     );
     filter.rule(
         "KUBE-FORWARD",
@@ -443,13 +349,7 @@ fn static_rules(cfg: &NodeConfig, v4: bool, nat: &mut Table, filter: &mut Table)
 }
 
 /// Rules of one Service port; its KUBE-SERVICES rules go to `service_rules`.
-fn service(
-    cfg: &NodeConfig,
-    sp: &ServicePort,
-    nat: &mut Table,
-    filter: &mut Table,
-    service_rules: &mut Vec<String>,
-) {
+fn service(cfg: &NodeConfig, sp: &ServicePort, nat: &mut Table, filter: &mut Table, service_rules: &mut Vec<String>) {
     let name = sp.port_name_string();
     let p = sp.protocol.as_str();
     let cluster_match = format!("-m {p} -p {p} -d {} --dport {}", sp.cluster_ip, sp.port);
@@ -458,10 +358,7 @@ fn service(
         // kube-proxy rejects instead of letting the packet go to the ClusterIP itself.
         filter.rule(
             "KUBE-SERVICES",
-            &format!(
-                "{} {cluster_match} -j REJECT",
-                comment(&format!("{name} has no endpoints"))
-            ),
+            &format!("{} {cluster_match} -j REJECT", comment(&format!("{name} has no endpoints"))),
         );
         if let Some(np) = sp.node_port {
             filter.rule(
@@ -479,10 +376,8 @@ fn service(
     let local: Vec<&Endpoint> = sp.endpoints.iter().filter(|e| e.node == cfg.node).collect();
     let policy_local = sp.external_traffic_policy == TrafficPolicy::Local;
 
-    service_rules.push(format!(
-        "-A KUBE-SERVICES {} {cluster_match} -j {svc_chain}",
-        comment(&format!("{name} cluster IP"))
-    ));
+    service_rules
+        .push(format!("-A KUBE-SERVICES {} {cluster_match} -j {svc_chain}", comment(&format!("{name} cluster IP"))));
 
     // KUBE-SVC: masquerade what does not come from a pod, then pick an endpoint.
     nat.chain(&svc_chain);
@@ -500,10 +395,7 @@ fn service(
     if let Some(np) = sp.node_port {
         let ext = sp.ext_chain();
         nat.chain(&ext);
-        nat.rule(
-            "KUBE-NODEPORTS",
-            &format!("{} -m {p} -p {p} --dport {np} -j {ext}", comment(&name)),
-        );
+        nat.rule("KUBE-NODEPORTS", &format!("{} -m {p} -p {p} --dport {np} -j {ext}", comment(&name)));
         if policy_local {
             // Pods and the node itself may use any endpoint; external clients
             // only this node's, without SNAT, so the pod sees their address.
@@ -519,18 +411,14 @@ fn service(
                 &ext,
                 &format!(
                     "{} -m addrtype --src-type LOCAL -j KUBE-MARK-MASQ",
-                    comment(&format!(
-                        "masquerade LOCAL traffic for {name} external destinations"
-                    ))
+                    comment(&format!("masquerade LOCAL traffic for {name} external destinations"))
                 ),
             );
             nat.rule(
                 &ext,
                 &format!(
                     "{} -m addrtype --src-type LOCAL -j {svc_chain}",
-                    comment(&format!(
-                        "route LOCAL traffic for {name} external destinations"
-                    ))
+                    comment(&format!("route LOCAL traffic for {name} external destinations"))
                 ),
             );
             if local.is_empty() {
@@ -553,9 +441,7 @@ fn service(
                 &ext,
                 &format!(
                     "{} -j KUBE-MARK-MASQ",
-                    comment(&format!(
-                        "masquerade traffic for {name} external destinations"
-                    ))
+                    comment(&format!("masquerade traffic for {name} external destinations"))
                 ),
             );
             nat.rule(&ext, &format!("-j {svc_chain}"));
@@ -566,18 +452,8 @@ fn service(
         let sep = sp.sep_chain(ep);
         nat.chain(&sep);
         // Hairpin: a pod reaching itself through the Service must see the node as source.
-        nat.rule(
-            &sep,
-            &format!("{} -s {} -j KUBE-MARK-MASQ", comment(&name), ep.ip),
-        );
-        nat.rule(
-            &sep,
-            &format!(
-                "{} -m {p} -p {p} -j DNAT --to-destination {}",
-                comment(&name),
-                ep.addr()
-            ),
-        );
+        nat.rule(&sep, &format!("{} -s {} -j KUBE-MARK-MASQ", comment(&name), ep.ip));
+        nat.rule(&sep, &format!("{} -m {p} -p {p} -j DNAT --to-destination {}", comment(&name), ep.addr()));
     }
 }
 
@@ -591,10 +467,7 @@ fn balance(nat: &mut Table, sp: &ServicePort, chain: &str, eps: &[&Endpoint]) {
         let sep = sp.sep_chain(ep);
         if i + 1 < n {
             let prob = 1.0 / (n - i) as f64;
-            nat.rule(
-                chain,
-                &format!("{c} -m statistic --mode random --probability {prob:.10} -j {sep}"),
-            );
+            nat.rule(chain, &format!("{c} -m statistic --mode random --probability {prob:.10} -j {sep}"));
         } else {
             nat.rule(chain, &format!("{c} -j {sep}"));
         }
@@ -641,11 +514,7 @@ mod tests {
     use super::*;
 
     fn ep(ip: &str, node: &str) -> Endpoint {
-        Endpoint {
-            ip: ip.parse().expect("ip"),
-            port: 80,
-            node: node.into(),
-        }
+        Endpoint { ip: ip.parse().expect("ip"), port: 80, node: node.into() }
     }
 
     fn svc1(endpoints: Vec<Endpoint>, policy: TrafficPolicy) -> ServicePort {
@@ -663,12 +532,7 @@ mod tests {
     }
 
     fn cfg(mode: Mode, tcp_be_liberal: bool) -> NodeConfig {
-        NodeConfig {
-            node: "node1".into(),
-            cluster_cidr: "10.0.0.0/8".parse().expect("cidr"),
-            mode,
-            tcp_be_liberal,
-        }
+        NodeConfig { node: "node1".into(), cluster_cidr: "10.0.0.0/8".parse().expect("cidr"), mode, tcp_be_liberal }
     }
 
     #[test]
@@ -698,23 +562,14 @@ mod tests {
         assert!(Mode::Modern.drops_invalid(false));
         assert!(!Mode::Modern.drops_invalid(true));
         let rule = "-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP\n";
-        assert!(generate(&cfg(Mode::Legacy, true), &[])
-            .filter
-            .contains(rule));
-        assert!(!generate(&cfg(Mode::Modern, true), &[])
-            .filter
-            .contains(rule));
-        assert!(generate(&cfg(Mode::Modern, false), &[])
-            .filter
-            .contains(rule));
+        assert!(generate(&cfg(Mode::Legacy, true), &[]).filter.contains(rule));
+        assert!(!generate(&cfg(Mode::Modern, true), &[]).filter.contains(rule));
+        assert!(generate(&cfg(Mode::Modern, false), &[]).filter.contains(rule));
     }
 
     #[test]
     fn cluster_policy_rules() {
-        let sp = svc1(
-            vec![ep("10.180.0.1", "node1"), ep("10.180.1.1", "node2")],
-            TrafficPolicy::Cluster,
-        );
+        let sp = svc1(vec![ep("10.180.0.1", "node1"), ep("10.180.1.1", "node2")], TrafficPolicy::Cluster);
         let rules = generate(&cfg(Mode::Legacy, false), &[sp]);
         let want = r#"*nat
 :PREROUTING ACCEPT [0:0]
@@ -758,32 +613,22 @@ COMMIT
 -A KUBE-FORWARD -m comment --comment "kubernetes forwarding conntrack rule" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
 COMMIT
 "#;
-        assert!(
-            rules.filter.starts_with("*filter\n:INPUT ACCEPT [0:0]\n"),
-            "{}",
-            rules.filter
-        );
+        assert!(rules.filter.starts_with("*filter\n:INPUT ACCEPT [0:0]\n"), "{}", rules.filter);
         assert!(rules.filter.ends_with(want_filter_tail), "{}", rules.filter);
-        assert!(rules.filter.contains(
-            "-A FORWARD -m comment --comment \"kubernetes forwarding rules\" -j KUBE-FORWARD\n"
-        ));
+        assert!(rules
+            .filter
+            .contains("-A FORWARD -m comment --comment \"kubernetes forwarding rules\" -j KUBE-FORWARD\n"));
     }
 
     /// The rules for `chain`, in order, without the `-A <chain> ` prefix.
     fn chain_rules<'a>(text: &'a str, chain: &str) -> Vec<&'a str> {
         let prefix = format!("-A {chain} ");
-        text.lines()
-            .filter_map(|l| l.strip_prefix(prefix.as_str()))
-            .collect()
+        text.lines().filter_map(|l| l.strip_prefix(prefix.as_str())).collect()
     }
 
     #[test]
     fn local_policy_uses_only_local_endpoints_for_external_traffic() {
-        let eps = vec![
-            ep("10.180.0.1", "node1"),
-            ep("10.180.1.1", "node2"),
-            ep("10.180.0.2", "node1"),
-        ];
+        let eps = vec![ep("10.180.0.1", "node1"), ep("10.180.1.1", "node2"), ep("10.180.0.2", "node1")];
         let sp = svc1(eps, TrafficPolicy::Local);
         let rules = generate(&cfg(Mode::Modern, true), std::slice::from_ref(&sp));
         let (svc, ext, svl) = (sp.svc_chain(), sp.ext_chain(), sp.svl_chain());
@@ -807,18 +652,11 @@ COMMIT
         // No masquerade rule in SVL; the cluster chain still balances over all three.
         let svc_rules = chain_rules(&rules.nat, &svc);
         assert_eq!(svc_rules.len(), 4);
-        assert!(
-            svc_rules[1].contains("--probability 0.3333333333"),
-            "{}",
-            svc_rules[1]
-        );
+        assert!(svc_rules[1].contains("--probability 0.3333333333"), "{}", svc_rules[1]);
         assert!(!rules.filter.contains("INVALID"));
 
         // On a node without local endpoints external traffic is dropped, and there is no SVL chain.
-        let other = NodeConfig {
-            node: "node3".into(),
-            ..cfg(Mode::Modern, true)
-        };
+        let other = NodeConfig { node: "node3".into(), ..cfg(Mode::Modern, true) };
         let rules = generate(&other, std::slice::from_ref(&sp));
         assert!(!rules.nat.contains(&svl));
         assert_eq!(chain_rules(&rules.nat, &ext).len(), 3);
@@ -853,10 +691,7 @@ COMMIT
         assert_eq!(ports.len(), 2);
         assert_eq!(ports[0].protocol, Protocol::Tcp);
         assert_eq!(ports[1].protocol, Protocol::Udp);
-        assert_eq!(
-            ports[1].port_name_string(),
-            format!("default/{}:udp", svc.name)
-        );
+        assert_eq!(ports[1].port_name_string(), format!("default/{}:udp", svc.name));
         assert_eq!(ports[0].endpoints[0].port, svc.target_port);
         assert_ne!(ports[0].svc_chain(), ports[1].svc_chain());
     }

@@ -249,7 +249,10 @@ pub fn plan_cells(state: &LabState) -> Vec<Job> {
         }
         for svc in &topo.services {
             let (local, remote) = split(&service_eps(svc), &src.node);
-            for (set, placement, what) in [(local, Placement::SameNode, "endpoint on the same node"), (remote, Placement::CrossNode, "endpoint on another node")] {
+            for (set, placement, what) in [
+                (local, Placement::SameNode, "endpoint on the same node"),
+                (remote, Placement::CrossNode, "endpoint on another node"),
+            ] {
                 if set.is_empty() {
                     continue;
                 }
@@ -342,7 +345,12 @@ pub fn plan_cells(state: &LabState) -> Vec<Job> {
                             source: client.name.clone(),
                             row: row.clone(),
                             column: service_column("NodePort", svc),
-                            target: format!("nodeport {} {}:{node_port} via {} ({what})", svc.name, node.ip.addr(), node.name),
+                            target: format!(
+                                "nodeport {} {}:{node_port} via {} ({what})",
+                                svc.name,
+                                node.ip.addr(),
+                                node.name
+                            ),
                             placement: Placement::External,
                             proto,
                             dst: SocketAddr::new(node.ip.addr(), node_port),
@@ -389,7 +397,9 @@ fn run_job(job: &Job) -> (bool, String) {
                             s.spawn(|| match job.proto {
                                 Proto::Tcp => probe_tcp(job.dst, PROBE_TIMEOUT).map_err(|e| e.to_string()),
                                 Proto::Udp => probe_udp(job.dst, PROBE_TIMEOUT).map_err(|e| e.to_string()),
-                                Proto::Icmp => probe_icmp(job.dst.ip(), PROBE_TIMEOUT).map(|()| String::new()).map_err(|e| e.to_string()),
+                                Proto::Icmp => probe_icmp(job.dst.ip(), PROBE_TIMEOUT)
+                                    .map(|()| String::new())
+                                    .map_err(|e| e.to_string()),
                             })
                         })
                         .collect();
@@ -409,7 +419,15 @@ fn run_job(job: &Job) -> (bool, String) {
                 format!("only {} answered", others.keys().cloned().collect::<Vec<_>>().join(", "))
             };
             let why = failures.last().cloned().unwrap_or_default();
-            (false, format!("no answer from {} in {} tries ({answered}; {} failed, last: {why})", set.join("|"), ROUNDS * BURST, failures.len()))
+            (
+                false,
+                format!(
+                    "no answer from {} in {} tries ({answered}; {} failed, last: {why})",
+                    set.join("|"),
+                    ROUNDS * BURST,
+                    failures.len()
+                ),
+            )
         }
     }
 }
@@ -505,7 +523,13 @@ const ORDER: &[&str] = &[
 fn ordered(mut labels: Vec<String>) -> Vec<String> {
     labels.sort_by_key(|l| {
         let rank = ORDER.iter().position(|o| o == l).unwrap_or(ORDER.len());
-        let group = if l.starts_with("Service") { 1 } else if l.starts_with("NodePort") { 2 } else { 0 };
+        let group = if l.starts_with("Service") {
+            1
+        } else if l.starts_with("NodePort") {
+            2
+        } else {
+            0
+        };
         (group, rank, l.clone())
     });
     labels.dedup();
@@ -545,7 +569,8 @@ pub fn table(cells: &[Cell]) -> comfy_table::Table {
             if failed.is_empty() {
                 line.push("✅".into());
             } else {
-                let what: Vec<String> = failed.iter().map(|(p, pl)| format!("{} ({})", p.as_str(), pl.join(","))).collect();
+                let what: Vec<String> =
+                    failed.iter().map(|(p, pl)| format!("{} ({})", p.as_str(), pl.join(","))).collect();
                 line.push(format!("❌ {}", what.join(" ")));
             }
         }
@@ -569,17 +594,38 @@ mod tests {
             if p.kind == PodKind::Multinic {
                 ips.insert("net1".to_string(), vec![IpAddr::from([172, 16, 2, i as u8 + 1])]);
             }
-            pods.insert(p.name.clone(), PodState { name: p.name.clone(), node: p.node.clone(), kind: p.kind, pool: p.pool.clone(), ips });
+            pods.insert(
+                p.name.clone(),
+                PodState { name: p.name.clone(), node: p.node.clone(), kind: p.kind, pool: p.pool.clone(), ips },
+            );
         }
-        LabState { name: "t".into(), topology: topo, kube_proxy: "legacy".into(), underlay_routes: true, pods, etcd: None, pids: vec![] }
+        LabState {
+            name: "t".into(),
+            topology: topo,
+            kube_proxy: "legacy".into(),
+            underlay_routes: true,
+            pods,
+            etcd: None,
+            pids: vec![],
+        }
     }
 
     #[test]
     fn every_seed_cell_is_planned() {
         let jobs = plan_cells(&fake_state());
-        let has = |row: &str, col: &str, pl: Placement| jobs.iter().any(|j| j.row == row && j.column == col && j.placement == pl);
+        let has = |row: &str, col: &str, pl: Placement| {
+            jobs.iter().any(|j| j.row == row && j.column == col && j.placement == pl)
+        };
         for row in ["overlay pod", "underlay pod (node subnet)", "underlay pod (other subnet)", "multi-NIC pod"] {
-            for col in ["overlay pod", "underlay pod (node subnet)", "multi-NIC pod eth0", "multi-NIC pod net1", "Service → overlay", "Service → underlay", "Service → multi-NIC"] {
+            for col in [
+                "overlay pod",
+                "underlay pod (node subnet)",
+                "multi-NIC pod eth0",
+                "multi-NIC pod net1",
+                "Service → overlay",
+                "Service → underlay",
+                "Service → multi-NIC",
+            ] {
                 assert!(has(row, col, Placement::CrossNode), "{row} → {col} cross node");
                 // The default lab has one pod of each kind per node: no same-node pair of one kind.
                 let same_kind = col.starts_with(row) || (row.starts_with("underlay") && col.starts_with("underlay"));
@@ -589,7 +635,13 @@ mod tests {
             }
         }
         for row in ["external client", "underlay-subnet client"] {
-            for col in ["NodePort → overlay", "NodePort → underlay", "NodePort → multi-NIC", "overlay pod", "Service → overlay"] {
+            for col in [
+                "NodePort → overlay",
+                "NodePort → underlay",
+                "NodePort → multi-NIC",
+                "overlay pod",
+                "Service → overlay",
+            ] {
                 assert!(has(row, col, Placement::External), "{row} → {col}");
             }
         }
@@ -619,7 +671,8 @@ mod tests {
             column: "underlay pod (node subnet)".into(),
             retried: false,
         };
-        let t = table(&[cell(true, Proto::Tcp, Placement::SameNode), cell(false, Proto::Tcp, Placement::CrossNode)]).to_string();
+        let t = table(&[cell(true, Proto::Tcp, Placement::SameNode), cell(false, Proto::Tcp, Placement::CrossNode)])
+            .to_string();
         assert!(t.contains("❌ tcp (cross)"), "{t}");
         let t = table(&[cell(true, Proto::Udp, Placement::SameNode)]).to_string();
         assert!(t.contains('✅'), "{t}");

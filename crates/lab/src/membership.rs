@@ -7,8 +7,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
-use nix::sys::signal::Signal;
 use knit_host::{inspect, route, Family, Handle};
+use nix::sys::signal::Signal;
 
 use crate::build::{Lab, Serve};
 use crate::error::{host, LabError, Result};
@@ -46,7 +46,13 @@ impl Lab {
     /// (which registers in etcd; the other agents add it as a BGP peer), its pods through CNI,
     /// their echo servers (`knit_exe lab serve`), kube-proxy rules everywhere (new endpoints),
     /// its BIRD, and the ToR's new session. Returns once every node and the ToR have its routes.
-    pub fn add_node(&mut self, node: Node, pods: Vec<Pod>, knit_exe: &Path, cni_path: &[std::path::PathBuf]) -> Result<()> {
+    pub fn add_node(
+        &mut self,
+        node: Node,
+        pods: Vec<Pod>,
+        knit_exe: &Path,
+        cni_path: &[std::path::PathBuf],
+    ) -> Result<()> {
         self.require_cluster_mode()?;
         let mut topo = self.plan.topo.clone();
         topo.nodes.push(node.clone());
@@ -88,7 +94,10 @@ impl Lab {
         parts.extend(pods.iter().cloned());
         let names: Vec<String> = parts.iter().map(|p| self.plan.ns(p)).collect();
         // SIGTERM first: the agent revokes its lease and leaves the registry at once.
-        crate::build::remove_namespaces(&names, &[(Signal::SIGTERM, Duration::from_secs(3)), (Signal::SIGKILL, Duration::from_secs(3))])?;
+        crate::build::remove_namespaces(
+            &names,
+            &[(Signal::SIGTERM, Duration::from_secs(3)), (Signal::SIGKILL, Duration::from_secs(3))],
+        )?;
         for n in &names {
             self.namespaces.remove(n);
         }
@@ -119,7 +128,9 @@ impl Lab {
             for part in &parts {
                 let h = Handle::in_netns(self.netns(part)?).map_err(host(format!("netlink in {part}")))?;
                 for r in route::list(&h, Family::V4, Some(254)).map_err(host(format!("{part}: routes")))? {
-                    if r.protocol == route::proto::BIRD && (blocks.contains(&r.dst) || r.gateway.is_some() && r.gateway == node_ip) {
+                    if r.protocol == route::proto::BIRD
+                        && (blocks.contains(&r.dst) || r.gateway.is_some() && r.gateway == node_ip)
+                    {
                         left.push(format!("{part}: {}", r.dst));
                     }
                 }
@@ -133,7 +144,13 @@ impl Lab {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(LabError::Bgp { node: node.into(), msg: format!("routes to its blocks or through it still there after {WITHDRAW_TIMEOUT:?}: {}", left.join(", ")) });
+                return Err(LabError::Bgp {
+                    node: node.into(),
+                    msg: format!(
+                        "routes to its blocks or through it still there after {WITHDRAW_TIMEOUT:?}: {}",
+                        left.join(", ")
+                    ),
+                });
             }
             std::thread::sleep(Duration::from_millis(100));
         }

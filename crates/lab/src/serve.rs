@@ -27,9 +27,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags};
-use nix::sys::socket::{
-    self as sock, sockopt, ControlMessage, ControlMessageOwned, MsgFlags, SockaddrStorage,
-};
+use nix::sys::socket::{self as sock, sockopt, ControlMessage, ControlMessageOwned, MsgFlags, SockaddrStorage};
 
 /// First word of every probe request.
 pub const REQUEST_TAG: &str = "knit-probe";
@@ -62,31 +60,21 @@ impl EchoServer {
     /// Call it inside the pod's namespace.
     pub fn bind(pod: &str, port: u16) -> io::Result<EchoServer> {
         if port == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "echo port must not be 0",
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "echo port must not be 0"));
         }
         let v4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
         let v6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port);
         let mut tcp = vec![TcpListener::from(bind_socket(v4, sock::SockType::Stream)?)];
         let mut udp = vec![UdpSocket::from(bind_socket(v4, sock::SockType::Datagram)?)];
         // IPv6 is best effort: a namespace with IPv6 disabled still serves IPv4.
-        if let (Ok(t), Ok(u)) = (
-            bind_socket(v6, sock::SockType::Stream),
-            bind_socket(v6, sock::SockType::Datagram),
-        ) {
+        if let (Ok(t), Ok(u)) = (bind_socket(v6, sock::SockType::Stream), bind_socket(v6, sock::SockType::Datagram)) {
             tcp.push(TcpListener::from(t));
             udp.push(UdpSocket::from(u));
         }
         for u in &udp {
             enable_pktinfo(u)?;
         }
-        Ok(EchoServer {
-            pod: Arc::from(pod),
-            tcp,
-            udp,
-        })
+        Ok(EchoServer { pod: Arc::from(pod), tcp, udp })
     }
 
     /// The pod name put into replies.
@@ -98,13 +86,8 @@ impl EchoServer {
     pub fn spawn(self) -> io::Result<ServerHandle> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("echo-{}", self.pod))
-            .spawn(move || self.serve(&flag))?;
-        Ok(ServerHandle {
-            stop,
-            thread: Some(thread),
-        })
+        let thread = std::thread::Builder::new().name(format!("echo-{}", self.pod)).spawn(move || self.serve(&flag))?;
+        Ok(ServerHandle { stop, thread: Some(thread) })
     }
 
     /// Serves on the calling thread until the process ends (`knit lab serve`).
@@ -120,30 +103,23 @@ impl EchoServer {
                 .tcp
                 .iter()
                 .map(|l| PollFd::new(l.as_fd(), PollFlags::POLLIN))
-                .chain(
-                    self.udp
-                        .iter()
-                        .map(|u| PollFd::new(u.as_fd(), PollFlags::POLLIN)),
-                )
+                .chain(self.udp.iter().map(|u| PollFd::new(u.as_fd(), PollFlags::POLLIN)))
                 .collect();
             match nix::poll::poll(&mut fds, POLL_TICK_MS) {
                 Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
                 Ok(_) => {}
                 Err(e) => return Err(io::Error::from(e)),
             }
-            let ready: Vec<bool> = fds
-                .iter()
-                .map(|f| f.revents().is_some_and(|r| r.intersects(PollFlags::POLLIN)))
-                .collect();
+            let ready: Vec<bool> =
+                fds.iter().map(|f| f.revents().is_some_and(|r| r.intersects(PollFlags::POLLIN))).collect();
             drop(fds);
             for (i, l) in self.tcp.iter().enumerate() {
                 if ready[i] {
                     if let Ok((conn, _)) = l.accept() {
                         let pod = self.pod.clone();
                         // A failed spawn only loses this one connection.
-                        let _ = std::thread::Builder::new()
-                            .name("echo-conn".into())
-                            .spawn(move || tcp_session(conn, &pod));
+                        let _ =
+                            std::thread::Builder::new().name("echo-conn".into()).spawn(move || tcp_session(conn, &pod));
                     }
                 }
             }
@@ -190,11 +166,7 @@ impl Drop for ServerHandle {
 /// A socket bound to `addr` (listening, for streams), with `SO_REUSEADDR` so a
 /// restarted server can rebind at once, and `IPV6_V6ONLY` on IPv6.
 fn bind_socket(addr: SocketAddr, ty: sock::SockType) -> io::Result<OwnedFd> {
-    let family = if addr.is_ipv4() {
-        sock::AddressFamily::Inet
-    } else {
-        sock::AddressFamily::Inet6
-    };
+    let family = if addr.is_ipv4() { sock::AddressFamily::Inet } else { sock::AddressFamily::Inet6 };
     let fd = sock::socket(family, ty, sock::SockFlag::SOCK_CLOEXEC, None)?;
     sock::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
     if addr.is_ipv6() {
@@ -248,12 +220,7 @@ fn udp_answer(u: &UdpSocket, pod: &str) -> io::Result<()> {
     let mut cmsg = nix::cmsg_space!(libc::in_pktinfo, libc::in6_pktinfo);
     let (n, peer, v4_info, v6_info) = {
         let mut iov = [IoSliceMut::new(&mut buf)];
-        let msg = sock::recvmsg::<SockaddrStorage>(
-            u.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg),
-            MsgFlags::MSG_DONTWAIT,
-        )?;
+        let msg = sock::recvmsg::<SockaddrStorage>(u.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_DONTWAIT)?;
         let (mut v4, mut v6) = (None, None);
         for c in msg.cmsgs()? {
             match c {
@@ -262,9 +229,7 @@ fn udp_answer(u: &UdpSocket, pod: &str) -> io::Result<()> {
                 _ => {}
             }
         }
-        let peer = msg
-            .address
-            .ok_or_else(|| io::Error::other("datagram without a source address"))?;
+        let peer = msg.address.ok_or_else(|| io::Error::other("datagram without a source address"))?;
         (msg.bytes, peer, v4, v6)
     };
     let reply = reply_for(&String::from_utf8_lossy(&buf[..n]), pod);
@@ -273,31 +238,13 @@ fn udp_answer(u: &UdpSocket, pod: &str) -> io::Result<()> {
         // ipi_spec_dst is the local address the request was for (for unicast,
         // the header's destination): sending from it keeps the reply's source
         // equal to the address the client asked.
-        let out = libc::in_pktinfo {
-            ipi_ifindex: 0,
-            ipi_spec_dst: pi.ipi_spec_dst,
-            ipi_addr: libc::in_addr { s_addr: 0 },
-        };
-        sock::sendmsg(
-            u.as_raw_fd(),
-            &iov,
-            &[ControlMessage::Ipv4PacketInfo(&out)],
-            MsgFlags::empty(),
-            Some(&peer),
-        )?;
+        let out =
+            libc::in_pktinfo { ipi_ifindex: 0, ipi_spec_dst: pi.ipi_spec_dst, ipi_addr: libc::in_addr { s_addr: 0 } };
+        sock::sendmsg(u.as_raw_fd(), &iov, &[ControlMessage::Ipv4PacketInfo(&out)], MsgFlags::empty(), Some(&peer))?;
     } else if let Some(pi) = v6_info {
         // The interface matters for link-local sources, so keep it.
-        let out = libc::in6_pktinfo {
-            ipi6_addr: pi.ipi6_addr,
-            ipi6_ifindex: pi.ipi6_ifindex,
-        };
-        sock::sendmsg(
-            u.as_raw_fd(),
-            &iov,
-            &[ControlMessage::Ipv6PacketInfo(&out)],
-            MsgFlags::empty(),
-            Some(&peer),
-        )?;
+        let out = libc::in6_pktinfo { ipi6_addr: pi.ipi6_addr, ipi6_ifindex: pi.ipi6_ifindex };
+        sock::sendmsg(u.as_raw_fd(), &iov, &[ControlMessage::Ipv6PacketInfo(&out)], MsgFlags::empty(), Some(&peer))?;
     } else {
         sock::sendmsg(u.as_raw_fd(), &iov, &[], MsgFlags::empty(), Some(&peer))?;
     }
@@ -374,20 +321,14 @@ fn io_err(op: impl Into<String>) -> impl FnOnce(io::Error) -> ProbeError {
 /// Maps a socket error to what it says about the path.
 fn classify(dst: SocketAddr, what: &str, timeout: Duration, e: io::Error) -> ProbeError {
     match e.kind() {
-        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => ProbeError::Timeout {
-            what: format!("{what} {dst}"),
-            after: timeout,
-        },
-        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset => {
-            ProbeError::Refused { dst }
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => {
+            ProbeError::Timeout { what: format!("{what} {dst}"), after: timeout }
         }
+        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset => ProbeError::Refused { dst },
         io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => {
             ProbeError::Unreachable { dst, source: e }
         }
-        _ => ProbeError::Io {
-            op: format!("{what} {dst}"),
-            source: e,
-        },
+        _ => ProbeError::Io { op: format!("{what} {dst}"), source: e },
     }
 }
 
@@ -406,35 +347,25 @@ fn pod_from_reply(request: &str, reply: &str) -> Option<String> {
 }
 
 fn remaining(deadline: Instant) -> Option<Duration> {
-    deadline
-        .checked_duration_since(Instant::now())
-        .filter(|d| !d.is_zero())
+    deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero())
 }
 
 /// Connects to `dst`, sends one request and returns the answering pod's name.
 /// The whole exchange is bounded by `timeout`.
 pub fn probe_tcp(dst: SocketAddr, timeout: Duration) -> Result<String, ProbeError> {
     let deadline = Instant::now() + timeout;
-    let mut conn = TcpStream::connect_timeout(&dst, timeout)
-        .map_err(|e| classify(dst, "connect", timeout, e))?;
+    let mut conn = TcpStream::connect_timeout(&dst, timeout).map_err(|e| classify(dst, "connect", timeout, e))?;
     let request = request_line();
-    let left = remaining(deadline).ok_or_else(|| ProbeError::Timeout {
-        what: format!("reply from {dst}"),
-        after: timeout,
-    })?;
-    conn.set_write_timeout(Some(left))
-        .map_err(io_err("set write timeout"))?;
-    conn.write_all(format!("{request}\n").as_bytes())
-        .map_err(|e| classify(dst, "send to", timeout, e))?;
+    let left =
+        remaining(deadline).ok_or_else(|| ProbeError::Timeout { what: format!("reply from {dst}"), after: timeout })?;
+    conn.set_write_timeout(Some(left)).map_err(io_err("set write timeout"))?;
+    conn.write_all(format!("{request}\n").as_bytes()).map_err(|e| classify(dst, "send to", timeout, e))?;
     let mut got = Vec::new();
     let mut buf = [0u8; MAX_LINE];
     while !got.contains(&b'\n') {
-        let left = remaining(deadline).ok_or_else(|| ProbeError::Timeout {
-            what: format!("reply from {dst}"),
-            after: timeout,
-        })?;
-        conn.set_read_timeout(Some(left))
-            .map_err(io_err("set read timeout"))?;
+        let left = remaining(deadline)
+            .ok_or_else(|| ProbeError::Timeout { what: format!("reply from {dst}"), after: timeout })?;
+        conn.set_read_timeout(Some(left)).map_err(io_err("set read timeout"))?;
         match conn.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => got.extend_from_slice(&buf[..n]),
@@ -454,28 +385,18 @@ pub fn probe_tcp(dst: SocketAddr, timeout: Duration) -> Result<String, ProbeErro
 /// must come from `dst` itself, as a client's connected socket would require.
 pub fn probe_udp(dst: SocketAddr, timeout: Duration) -> Result<String, ProbeError> {
     let deadline = Instant::now() + timeout;
-    let any = SocketAddr::new(
-        if dst.is_ipv4() {
-            Ipv4Addr::UNSPECIFIED.into()
-        } else {
-            Ipv6Addr::UNSPECIFIED.into()
-        },
-        0,
-    );
+    let any =
+        SocketAddr::new(if dst.is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() }, 0);
     // Unconnected on purpose: a connected socket would silently discard a
     // reply from the wrong address, and we want to report it.
     let s = UdpSocket::bind(any).map_err(io_err("bind udp probe socket"))?;
     let request = request_line();
-    s.send_to(format!("{request}\n").as_bytes(), dst)
-        .map_err(|e| classify(dst, "send to", timeout, e))?;
+    s.send_to(format!("{request}\n").as_bytes(), dst).map_err(|e| classify(dst, "send to", timeout, e))?;
     let mut buf = [0u8; MAX_LINE];
     loop {
-        let left = remaining(deadline).ok_or_else(|| ProbeError::Timeout {
-            what: format!("reply from {dst}"),
-            after: timeout,
-        })?;
-        s.set_read_timeout(Some(left))
-            .map_err(io_err("set read timeout"))?;
+        let left = remaining(deadline)
+            .ok_or_else(|| ProbeError::Timeout { what: format!("reply from {dst}"), after: timeout })?;
+        s.set_read_timeout(Some(left)).map_err(io_err("set read timeout"))?;
         let (n, from) = match s.recv_from(&mut buf) {
             Ok(x) => x,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -487,10 +408,7 @@ pub fn probe_udp(dst: SocketAddr, timeout: Duration) -> Result<String, ProbeErro
             continue;
         }
         if from != dst {
-            return Err(ProbeError::WrongSource {
-                from,
-                expected: dst,
-            });
+            return Err(ProbeError::WrongSource { from, expected: dst });
         }
         return pod_from_reply(&request, &reply).ok_or(ProbeError::BadReply { dst, reply });
     }
@@ -509,11 +427,7 @@ pub fn probe_icmp(dst: IpAddr, timeout: Duration) -> Result<(), ProbeError> {
     if out.status.success() {
         return Ok(());
     }
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     let detail = text
         .lines()
         .find(|l| l.contains("packets transmitted") || l.contains("ping:"))

@@ -269,10 +269,7 @@ impl TopologyError {
 }
 
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> TopologyError {
-    TopologyError::Invalid {
-        field: field.into(),
-        message: message.into(),
-    }
+    TopologyError::Invalid { field: field.into(), message: message.into() }
 }
 
 type Result<T> = std::result::Result<T, TopologyError>;
@@ -285,18 +282,15 @@ impl Topology {
 
     /// Parses and validates a topology.
     pub fn from_toml(text: &str) -> Result<Topology> {
-        let topo: Topology =
-            toml::from_str(text).map_err(|e| TopologyError::Parse(e.to_string()))?;
+        let topo: Topology = toml::from_str(text).map_err(|e| TopologyError::Parse(e.to_string()))?;
         topo.validate()?;
         Ok(topo)
     }
 
     /// Reads, parses and validates a topology file.
     pub fn load(path: &Path) -> Result<Topology> {
-        let text = std::fs::read_to_string(path).map_err(|source| TopologyError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| TopologyError::Read { path: path.display().to_string(), source })?;
         Topology::from_toml(&text)
     }
 
@@ -335,11 +329,7 @@ impl Topology {
 
     /// The fabric gateway (with prefix) whose subnet holds `ip`.
     pub fn fabric_gateway_for(&self, ip: IpAddr) -> Option<IpNet> {
-        self.fabric
-            .gateways
-            .iter()
-            .copied()
-            .find(|g| g.trunc().contains(&ip))
+        self.fabric.gateways.iter().copied().find(|g| g.trunc().contains(&ip))
     }
 
     /// Validates everything the lab relies on; the first problem found is returned.
@@ -359,28 +349,19 @@ impl Topology {
         check_network("overlay_cidr", self.overlay_cidr)?;
         check_network("service_cidr", self.service_cidr)?;
         if !same_family(self.overlay_cidr.addr(), self.service_cidr.addr()) {
-            return Err(invalid(
-                "service_cidr",
-                "must be of the same IP family as overlay_cidr",
-            ));
+            return Err(invalid("service_cidr", "must be of the same IP family as overlay_cidr"));
         }
         if overlaps(self.overlay_cidr, self.service_cidr) {
             return Err(invalid(
                 "service_cidr",
-                format!(
-                    "{} overlaps overlay_cidr {}",
-                    self.service_cidr, self.overlay_cidr
-                ),
+                format!("{} overlaps overlay_cidr {}", self.service_cidr, self.overlay_cidr),
             ));
         }
         let max = self.overlay_cidr.max_prefix_len();
         if self.block_size <= self.overlay_cidr.prefix_len() || self.block_size > max {
             return Err(invalid(
                 "block_size",
-                format!(
-                    "must be longer than overlay_cidr's /{} and at most /{max}",
-                    self.overlay_cidr.prefix_len()
-                ),
+                format!("must be longer than overlay_cidr's /{} and at most /{max}", self.overlay_cidr.prefix_len()),
             ));
         }
         let bits = u32::from(self.block_size - self.overlay_cidr.prefix_len());
@@ -388,10 +369,7 @@ impl Topology {
         if blocks < self.nodes.len() as u128 {
             return Err(invalid(
                 "block_size",
-                format!(
-                    "overlay_cidr has only {blocks} blocks for {} nodes",
-                    self.nodes.len()
-                ),
+                format!("overlay_cidr has only {blocks} blocks for {} nodes", self.nodes.len()),
             ));
         }
         if self.node_asn == 0 {
@@ -401,10 +379,7 @@ impl Topology {
             return Err(invalid("tor_asn", "must not be 0"));
         }
         if self.node_asn == self.tor_asn {
-            return Err(invalid(
-                "tor_asn",
-                "must differ from node_asn (nodes peer with the ToR over eBGP)",
-            ));
+            return Err(invalid("tor_asn", "must differ from node_asn (nodes peer with the ToR over eBGP)"));
         }
         if self.echo_port == 0 {
             return Err(invalid("echo_port", "must not be 0"));
@@ -450,33 +425,20 @@ impl Topology {
             .nodes
             .iter()
             .enumerate()
-            .map(|(i, n)| {
-                (
-                    format!("nodes[{i}].name"),
-                    n.name.as_str(),
-                    MAX_HOST_NAME_LEN,
-                )
-            })
-            .chain(self.clients.iter().enumerate().map(|(i, c)| {
-                (
-                    format!("clients[{i}].name"),
-                    c.name.as_str(),
-                    MAX_HOST_NAME_LEN,
-                )
-            }))
+            .map(|(i, n)| (format!("nodes[{i}].name"), n.name.as_str(), MAX_HOST_NAME_LEN))
             .chain(
-                self.pods
+                self.clients
                     .iter()
                     .enumerate()
-                    .map(|(i, p)| (format!("pods[{i}].name"), p.name.as_str(), MAX_NAME_LEN)),
+                    .map(|(i, c)| (format!("clients[{i}].name"), c.name.as_str(), MAX_HOST_NAME_LEN)),
+            )
+            .chain(
+                self.pods.iter().enumerate().map(|(i, p)| (format!("pods[{i}].name"), p.name.as_str(), MAX_NAME_LEN)),
             );
         for (field, name, max) in named {
             check_name(&field, name, max)?;
             if let Some(prev) = hosts.insert(name, field.clone()) {
-                return Err(invalid(
-                    field,
-                    format!("name {name:?} is already used by `{prev}`"),
-                ));
+                return Err(invalid(field, format!("name {name:?} is already used by `{prev}`")));
             }
         }
         let mut pools = HashSet::new();
@@ -492,10 +454,7 @@ impl Topology {
             let field = format!("services[{i}].name");
             check_name(&field, &s.name, MAX_NAME_LEN)?;
             if !services.insert(s.name.as_str()) {
-                return Err(invalid(
-                    field,
-                    format!("duplicate service name {:?}", s.name),
-                ));
+                return Err(invalid(field, format!("duplicate service name {:?}", s.name)));
             }
         }
         Ok(())
@@ -513,7 +472,11 @@ impl Topology {
                 Some(f) if f != gw => {
                     return Err(invalid(
                         field,
-                        format!("{} is not in the first node's subnet {}: all nodes share one underlay subnet", n.ip, f.trunc()),
+                        format!(
+                            "{} is not in the first node's subnet {}: all nodes share one underlay subnet",
+                            n.ip,
+                            f.trunc()
+                        ),
                     ))
                 }
                 Some(_) => {}
@@ -527,19 +490,10 @@ impl Topology {
     fn check_on_fabric(&self, field: &str, ip: IpNet) -> Result<IpNet> {
         check_host_address(field, ip)?;
         let Some(gw) = self.fabric_gateway_for(ip.addr()) else {
-            return Err(invalid(
-                field,
-                format!("{} is in none of the fabric's subnets", ip.addr()),
-            ));
+            return Err(invalid(field, format!("{} is in none of the fabric's subnets", ip.addr())));
         };
         if gw.prefix_len() != ip.prefix_len() {
-            return Err(invalid(
-                field,
-                format!(
-                    "prefix must be /{} like the fabric gateway {gw}",
-                    gw.prefix_len()
-                ),
-            ));
+            return Err(invalid(field, format!("prefix must be /{} like the fabric gateway {gw}", gw.prefix_len())));
         }
         Ok(gw)
     }
@@ -549,16 +503,8 @@ impl Topology {
         for (i, p) in self.underlay_pools.iter().enumerate() {
             let f = |name: &str| format!("underlay_pools[{i}].{name}");
             check_network(&f("cidr"), p.cidr)?;
-            let Some(gw) = self
-                .fabric
-                .gateways
-                .iter()
-                .find(|g| g.trunc().contains(&p.cidr))
-            else {
-                return Err(invalid(
-                    f("cidr"),
-                    format!("{} is inside none of the fabric's subnets", p.cidr),
-                ));
+            let Some(gw) = self.fabric.gateways.iter().find(|g| g.trunc().contains(&p.cidr)) else {
+                return Err(invalid(f("cidr"), format!("{} is inside none of the fabric's subnets", p.cidr)));
             };
             if p.gateway != gw.addr() {
                 return Err(invalid(
@@ -568,10 +514,7 @@ impl Topology {
             }
             for (name, ip) in [("range_start", p.range_start), ("range_end", p.range_end)] {
                 if !p.cidr.contains(&ip) || ip == p.cidr.network() || ip == p.cidr.broadcast() {
-                    return Err(invalid(
-                        f(name),
-                        format!("{ip} is not a usable address of {}", p.cidr),
-                    ));
+                    return Err(invalid(f(name), format!("{ip} is not a usable address of {}", p.cidr)));
                 }
             }
             let (lo, hi) = (ip_u128(p.range_start), ip_u128(p.range_end));
@@ -582,28 +525,15 @@ impl Topology {
                 return Err(invalid(f("range_start"), "the range holds the gateway"));
             }
             for (j, plo, phi) in &ranges {
-                if same_family(p.range_start, self.underlay_pools[*j].range_start)
-                    && lo <= *phi
-                    && *plo <= hi
-                {
-                    return Err(invalid(
-                        f("range_start"),
-                        format!("range overlaps the range of underlay_pools[{j}]"),
-                    ));
+                if same_family(p.range_start, self.underlay_pools[*j].range_start) && lo <= *phi && *plo <= hi {
+                    return Err(invalid(f("range_start"), format!("range overlaps the range of underlay_pools[{j}]")));
                 }
             }
             ranges.push((i, lo, hi));
             let size = hi - lo + 1;
-            let users = self
-                .pods
-                .iter()
-                .filter(|pod| pod.pool.as_deref() == Some(p.name.as_str()))
-                .count() as u128;
+            let users = self.pods.iter().filter(|pod| pod.pool.as_deref() == Some(p.name.as_str())).count() as u128;
             if users > size {
-                return Err(invalid(
-                    f("range_end"),
-                    format!("{size} addresses for {users} pods"),
-                ));
+                return Err(invalid(f("range_end"), format!("{size} addresses for {users} pods")));
             }
         }
         // Fixed addresses must stay out of every range, or IPAM could hand them to a pod.
@@ -612,22 +542,14 @@ impl Topology {
             .iter()
             .enumerate()
             .map(|(i, n)| (format!("nodes[{i}].ip"), n.ip.addr()))
-            .chain(
-                self.clients
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| (format!("clients[{i}].ip"), c.ip.addr())),
-            );
+            .chain(self.clients.iter().enumerate().map(|(i, c)| (format!("clients[{i}].ip"), c.ip.addr())));
         for (field, ip) in fixed {
             let v = ip_u128(ip);
-            let hit = ranges.iter().find(|(j, lo, hi)| {
-                same_family(ip, self.underlay_pools[*j].range_start) && (*lo..=*hi).contains(&v)
-            });
+            let hit = ranges
+                .iter()
+                .find(|(j, lo, hi)| same_family(ip, self.underlay_pools[*j].range_start) && (*lo..=*hi).contains(&v));
             if let Some((j, _, _)) = hit {
-                return Err(invalid(
-                    field,
-                    format!("{ip} lies in the range of underlay_pools[{j}]"),
-                ));
+                return Err(invalid(field, format!("{ip} lies in the range of underlay_pools[{j}]")));
             }
         }
         Ok(())
@@ -636,10 +558,7 @@ impl Topology {
     fn validate_pods(&self) -> Result<()> {
         for (i, p) in self.pods.iter().enumerate() {
             if self.node(&p.node).is_none() {
-                return Err(invalid(
-                    format!("pods[{i}].node"),
-                    format!("no node named {:?}", p.node),
-                ));
+                return Err(invalid(format!("pods[{i}].node"), format!("no node named {:?}", p.node)));
             }
             match (&p.pool, p.kind.has_macvlan()) {
                 (None, true) => {
@@ -649,16 +568,10 @@ impl Topology {
                     ))
                 }
                 (Some(_), false) => {
-                    return Err(invalid(
-                        format!("pods[{i}].pool"),
-                        "an overlay pod has no underlay NIC",
-                    ))
+                    return Err(invalid(format!("pods[{i}].pool"), "an overlay pod has no underlay NIC"))
                 }
                 (Some(pool), true) if self.pool(pool).is_none() => {
-                    return Err(invalid(
-                        format!("pods[{i}].pool"),
-                        format!("no underlay pool named {pool:?}"),
-                    ))
+                    return Err(invalid(format!("pods[{i}].pool"), format!("no underlay pool named {pool:?}")))
                 }
                 _ => {}
             }
@@ -672,55 +585,33 @@ impl Topology {
         for (i, s) in self.services.iter().enumerate() {
             let f = |name: &str| format!("services[{i}].{name}");
             let net = self.service_cidr;
-            if !net.contains(&s.cluster_ip)
-                || s.cluster_ip == net.network()
-                || s.cluster_ip == net.broadcast()
-            {
+            if !net.contains(&s.cluster_ip) || s.cluster_ip == net.network() || s.cluster_ip == net.broadcast() {
                 return Err(invalid(
                     f("cluster_ip"),
-                    format!(
-                        "{} is not a usable address of service_cidr {net}",
-                        s.cluster_ip
-                    ),
+                    format!("{} is not a usable address of service_cidr {net}", s.cluster_ip),
                 ));
             }
             if let Some(prev) = ips.insert(s.cluster_ip, i) {
-                return Err(invalid(
-                    f("cluster_ip"),
-                    format!("{} is already services[{prev}]'s", s.cluster_ip),
-                ));
+                return Err(invalid(f("cluster_ip"), format!("{} is already services[{prev}]'s", s.cluster_ip)));
             }
             if s.port == 0 {
                 return Err(invalid(f("port"), "must not be 0"));
             }
             if s.target_port != self.echo_port {
-                return Err(invalid(
-                    f("target_port"),
-                    format!("pods only serve echo_port {}", self.echo_port),
-                ));
+                return Err(invalid(f("target_port"), format!("pods only serve echo_port {}", self.echo_port)));
             }
             if let Some(np) = s.node_port {
                 if !NODE_PORT_RANGE.contains(&np) {
                     return Err(invalid(
                         f("node_port"),
-                        format!(
-                            "{np} is outside {}-{}",
-                            NODE_PORT_RANGE.start(),
-                            NODE_PORT_RANGE.end()
-                        ),
+                        format!("{np} is outside {}-{}", NODE_PORT_RANGE.start(), NODE_PORT_RANGE.end()),
                     ));
                 }
                 if let Some(prev) = node_ports.insert(np, i) {
-                    return Err(invalid(
-                        f("node_port"),
-                        format!("{np} is already services[{prev}]'s"),
-                    ));
+                    return Err(invalid(f("node_port"), format!("{np} is already services[{prev}]'s")));
                 }
             } else if s.external_traffic_policy == TrafficPolicy::Local {
-                return Err(invalid(
-                    f("external_traffic_policy"),
-                    "Local needs a node_port",
-                ));
+                return Err(invalid(f("external_traffic_policy"), "Local needs a node_port"));
             }
             if let Endpoints::Pods(names) = &s.endpoints {
                 let mut seen = HashSet::new();
@@ -748,10 +639,7 @@ impl Topology {
                     check_host_address(&field, c.ip)?;
                     let ext = self.fabric.external_gateway;
                     if ext.trunc() != c.ip.trunc() {
-                        return Err(invalid(
-                            field,
-                            format!("an external client must be in {}", ext.trunc()),
-                        ));
+                        return Err(invalid(field, format!("an external client must be in {}", ext.trunc())));
                     }
                     ext
                 }
@@ -775,22 +663,9 @@ impl Topology {
             .iter()
             .enumerate()
             .map(|(i, g)| (format!("fabric.gateways[{i}]"), g.addr()))
-            .chain(std::iter::once((
-                "fabric.external_gateway".to_string(),
-                self.fabric.external_gateway.addr(),
-            )))
-            .chain(
-                self.nodes
-                    .iter()
-                    .enumerate()
-                    .map(|(i, n)| (format!("nodes[{i}].ip"), n.ip.addr())),
-            )
-            .chain(
-                self.clients
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| (format!("clients[{i}].ip"), c.ip.addr())),
-            );
+            .chain(std::iter::once(("fabric.external_gateway".to_string(), self.fabric.external_gateway.addr())))
+            .chain(self.nodes.iter().enumerate().map(|(i, n)| (format!("nodes[{i}].ip"), n.ip.addr())))
+            .chain(self.clients.iter().enumerate().map(|(i, c)| (format!("clients[{i}].ip"), c.ip.addr())));
         for (field, ip) in all {
             if let Some(prev) = seen.insert(ip, field.clone()) {
                 return Err(invalid(field, format!("{ip} is already used by `{prev}`")));
@@ -818,13 +693,7 @@ fn ip_u128(ip: IpAddr) -> u128 {
 /// A CIDR written as its network address (`10.0.0.0/8`, not `10.1.2.3/8`).
 fn check_network(field: &str, net: IpNet) -> Result<()> {
     if net.trunc() != net {
-        return Err(invalid(
-            field,
-            format!(
-                "{net} is not a network address (did you mean {}?)",
-                net.trunc()
-            ),
-        ));
+        return Err(invalid(field, format!("{net} is not a network address (did you mean {}?)", net.trunc())));
     }
     Ok(())
 }
@@ -833,16 +702,10 @@ fn check_network(field: &str, net: IpNet) -> Result<()> {
 fn check_host_address(field: &str, ip: IpNet) -> Result<()> {
     let host_bits = ip.max_prefix_len() - ip.prefix_len();
     if host_bits < 2 {
-        return Err(invalid(
-            field,
-            format!("/{} leaves no room for other hosts", ip.prefix_len()),
-        ));
+        return Err(invalid(field, format!("/{} leaves no room for other hosts", ip.prefix_len())));
     }
     if ip.addr() == ip.network() || (ip.addr().is_ipv4() && ip.addr() == ip.broadcast()) {
-        return Err(invalid(
-            field,
-            format!("{ip} is the subnet's network or broadcast address"),
-        ));
+        return Err(invalid(field, format!("{ip} is the subnet's network or broadcast address")));
     }
     Ok(())
 }
@@ -851,19 +714,16 @@ fn check_host_address(field: &str, ip: IpNet) -> Result<()> {
 /// digits and `-`, starting with a letter, bounded in length.
 fn check_name(field: &str, name: &str, max: usize) -> Result<()> {
     if name.is_empty() || name.len() > max {
-        return Err(invalid(
-            field,
-            format!("{name:?} must be 1 to {max} characters"),
-        ));
+        return Err(invalid(field, format!("{name:?} must be 1 to {max} characters")));
     }
     let ok_start = name.as_bytes()[0].is_ascii_lowercase();
-    let ok_chars = name
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let ok_chars = name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     if !ok_start || !ok_chars || name.ends_with('-') {
         return Err(invalid(
             field,
-            format!("{name:?} must be lowercase letters, digits and '-', starting with a letter and not ending with '-'"),
+            format!(
+                "{name:?} must be lowercase letters, digits and '-', starting with a letter and not ending with '-'"
+            ),
         ));
     }
     Ok(())

@@ -6,9 +6,7 @@ use std::time::Duration;
 
 use knit_host::firewall::{iptables_restore, iptables_save};
 use knit_host::Family;
-use knit_lab::kubeproxy::{
-    generate, lab_service_ports, Endpoint, Mode, NodeConfig, Protocol, ServicePort,
-};
+use knit_lab::kubeproxy::{generate, lab_service_ports, Endpoint, Mode, NodeConfig, Protocol, ServicePort};
 use knit_lab::serve::{probe_udp, EchoServer};
 use knit_lab::topology::{Topology, TrafficPolicy};
 use knit_testkit::{ip, tcp_echo, tcp_probe, TestNet};
@@ -16,12 +14,7 @@ use knit_testkit::{ip, tcp_echo, tcp_probe, TestNet};
 const CLUSTER_CIDR: &str = "10.200.0.0/16";
 
 fn node_config(node: &str, mode: Mode, tcp_be_liberal: bool) -> NodeConfig {
-    NodeConfig {
-        node: node.into(),
-        cluster_cidr: CLUSTER_CIDR.parse().expect("cidr"),
-        mode,
-        tcp_be_liberal,
-    }
+    NodeConfig { node: node.into(), cluster_cidr: CLUSTER_CIDR.parse().expect("cidr"), mode, tcp_be_liberal }
 }
 
 #[test]
@@ -45,11 +38,8 @@ fn default_lab_rules_load_in_both_modes() {
         ports.extend(lab_service_ports("default", svc, &eps));
     }
     let tn = TestNet::new("kpl").expect("testnet");
-    for (mode, liberal, drops) in [
-        (Mode::Legacy, true, true),
-        (Mode::Modern, true, false),
-        (Mode::Modern, false, true),
-    ] {
+    for (mode, liberal, drops) in [(Mode::Legacy, true, true), (Mode::Modern, true, false), (Mode::Modern, false, true)]
+    {
         let cfg = NodeConfig {
             node: topo.nodes[0].name.clone(),
             cluster_cidr: topo.overlay_cidr,
@@ -60,29 +50,15 @@ fn default_lab_rules_load_in_both_modes() {
         iptables_restore(Some(tn.host()), Family::V4, &rules.restore_text(), false)
             .expect("iptables-restore accepts the rules");
         let saved = iptables_save(Some(tn.host()), Family::V4, None).expect("iptables-save");
-        assert_eq!(
-            saved.contains("--ctstate INVALID -j DROP"),
-            drops,
-            "{mode:?} liberal={liberal}"
-        );
+        assert_eq!(saved.contains("--ctstate INVALID -j DROP"), drops, "{mode:?} liberal={liberal}");
         // A full reload replaces the tables instead of stacking the jump rules.
-        let jumps = saved
-            .lines()
-            .filter(|l| l.starts_with("-A PREROUTING") && l.contains("KUBE-SERVICES"))
-            .count();
+        let jumps = saved.lines().filter(|l| l.starts_with("-A PREROUTING") && l.contains("KUBE-SERVICES")).count();
         assert_eq!(jumps, 1);
         for p in &ports {
-            assert!(
-                saved.contains(&format!(":{} ", p.svc_chain())),
-                "{} missing",
-                p.svc_chain()
-            );
+            assert!(saved.contains(&format!(":{} ", p.svc_chain())), "{} missing", p.svc_chain());
         }
         // Local-policy Services have local endpoints on node1, so they get an SVL chain.
-        let local = ports
-            .iter()
-            .find(|p| p.external_traffic_policy == TrafficPolicy::Local)
-            .expect("a Local service");
+        let local = ports.iter().find(|p| p.external_traffic_policy == TrafficPolicy::Local).expect("a Local service");
         assert!(saved.contains(&format!(":{} ", local.svl_chain())));
     }
 }
@@ -94,50 +70,20 @@ fn cluster_ip_and_node_port_dnat_to_the_pod() {
     let node = tn.host();
     let client = tn.pod("client").expect("client ns");
     let server = tn.pod("server").expect("server ns");
-    tn.link(node, "toclient", &client, "eth0")
-        .expect("client link");
-    tn.link(node, "toserver", &server, "eth0")
-        .expect("server link");
-    ip(
-        &tn,
-        node,
-        &["addr", "add", "192.0.2.1/24", "dev", "toclient"],
-    );
-    ip(
-        &tn,
-        node,
-        &["addr", "add", "10.200.1.1/24", "dev", "toserver"],
-    );
-    ip(
-        &tn,
-        &client,
-        &["addr", "add", "192.0.2.2/24", "dev", "eth0"],
-    );
-    ip(
-        &tn,
-        &client,
-        &["route", "add", "default", "via", "192.0.2.1"],
-    );
-    ip(
-        &tn,
-        &server,
-        &["addr", "add", "10.200.1.2/24", "dev", "eth0"],
-    );
-    ip(
-        &tn,
-        &server,
-        &["route", "add", "default", "via", "10.200.1.1"],
-    );
-    tn.exec_ok(node, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])
-        .expect("forwarding");
+    tn.link(node, "toclient", &client, "eth0").expect("client link");
+    tn.link(node, "toserver", &server, "eth0").expect("server link");
+    ip(&tn, node, &["addr", "add", "192.0.2.1/24", "dev", "toclient"]);
+    ip(&tn, node, &["addr", "add", "10.200.1.1/24", "dev", "toserver"]);
+    ip(&tn, &client, &["addr", "add", "192.0.2.2/24", "dev", "eth0"]);
+    ip(&tn, &client, &["route", "add", "default", "via", "192.0.2.1"]);
+    ip(&tn, &server, &["addr", "add", "10.200.1.2/24", "dev", "eth0"]);
+    ip(&tn, &server, &["route", "add", "default", "via", "10.200.1.1"]);
+    tn.exec_ok(node, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]).expect("forwarding");
 
     let pod_ip = "10.200.1.2".parse().expect("ip");
     tcp_echo(&server, SocketAddr::new(pod_ip, 8080));
     // testkit's TCP echo holds 8080; knit's own echo server answers UDP on 8081.
-    let udp_server = server
-        .run(|| EchoServer::bind("server-pod", 8081))
-        .expect("enter ns")
-        .expect("bind echo");
+    let udp_server = server.run(|| EchoServer::bind("server-pod", 8081)).expect("enter ns").expect("bind echo");
     let _serving = udp_server.spawn().expect("serve");
 
     let ports: Vec<ServicePort> = [Protocol::Tcp, Protocol::Udp]
@@ -153,11 +99,7 @@ fn cluster_ip_and_node_port_dnat_to_the_pod() {
             external_traffic_policy: TrafficPolicy::Cluster,
             endpoints: vec![Endpoint {
                 ip: pod_ip,
-                port: if protocol == Protocol::Tcp {
-                    8080
-                } else {
-                    8081
-                },
+                port: if protocol == Protocol::Tcp { 8080 } else { 8081 },
                 node: "node-a".into(),
             }],
         })
@@ -168,24 +110,17 @@ fn cluster_ip_and_node_port_dnat_to_the_pod() {
     let cluster_ip: SocketAddr = "10.96.0.10:80".parse().expect("addr");
     tcp_probe(&client, cluster_ip).expect("TCP via ClusterIP");
     tcp_probe(&client, "192.0.2.1:30080".parse().expect("addr")).expect("TCP via NodePort");
-    let who = client
-        .run(|| probe_udp(cluster_ip, Duration::from_secs(1)))
-        .expect("enter ns")
-        .expect("UDP via ClusterIP");
+    let who =
+        client.run(|| probe_udp(cluster_ip, Duration::from_secs(1))).expect("enter ns").expect("UDP via ClusterIP");
     assert_eq!(who, "server-pod");
 
     // The node's own DNAT rules did the work: both (TCP and UDP) counted packets.
-    let saved = tn
-        .exec_ok(node, &["iptables-save", "-c", "-t", "nat"])
-        .expect("iptables-save");
+    let saved = tn.exec_ok(node, &["iptables-save", "-c", "-t", "nat"]).expect("iptables-save");
     let text = String::from_utf8_lossy(&saved.stdout);
     let dnat_hits = text
         .lines()
         .filter(|l| l.contains("-j DNAT --to-destination 10.200.1.2:808"))
         .filter(|l| !l.starts_with("[0:"))
         .count();
-    assert_eq!(
-        dnat_hits, 2,
-        "both TCP and UDP DNAT rules counted packets:\n{text}"
-    );
+    assert_eq!(dnat_hits, 2, "both TCP and UDP DNAT rules counted packets:\n{text}");
 }

@@ -26,7 +26,11 @@ fn matrix(name: &str, extra: &[&str]) -> (Output, Value) {
     args.extend_from_slice(extra);
     let out = knit(&args);
     let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("matrix JSON: {e}\nstdout: {}\nstderr: {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+        panic!(
+            "matrix JSON: {e}\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
     });
     (out, v)
 }
@@ -45,7 +49,12 @@ fn failures(v: &Value) -> Vec<String> {
 fn assert_gone(name: &str) {
     let prefix = format!("knit-{name}-");
     let left: Vec<String> = std::fs::read_dir("/run/netns")
-        .map(|rd| rd.flatten().filter_map(|e| e.file_name().to_str().map(String::from)).filter(|n| n.starts_with(&prefix)).collect())
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().to_str().map(String::from))
+                .filter(|n| n.starts_with(&prefix))
+                .collect()
+        })
         .unwrap_or_default();
     assert!(left.is_empty(), "namespaces left: {left:?}");
     assert!(!Path::new("/run/knit/lab").join(name).exists(), "lab directory left");
@@ -98,13 +107,23 @@ fn without_underlay_routes_cross_node_overlay_underlay_cells_fail() {
     assert_eq!(out.status.code(), Some(1), "a failing matrix exits 1");
     let cells = v["cells"].as_array().unwrap();
     let failed = |row: &str, col_prefix: &str, placement: &str| {
-        cells.iter().any(|c| c["ok"] == false && c["row"] == row && c["column"].as_str().unwrap().starts_with(col_prefix) && c["placement"] == placement)
+        cells.iter().any(|c| {
+            c["ok"] == false
+                && c["row"] == row
+                && c["column"].as_str().unwrap().starts_with(col_prefix)
+                && c["placement"] == placement
+        })
     };
     // The seeds' failures: overlay → underlay and underlay → overlay, across nodes.
     assert!(failed("overlay pod", "underlay pod", "cross-node"), "overlay → underlay cross-node should fail");
-    assert!(failed("underlay pod (node subnet)", "overlay pod", "cross-node"), "underlay → overlay cross-node should fail");
+    assert!(
+        failed("underlay pod (node subnet)", "overlay pod", "cross-node"),
+        "underlay → overlay cross-node should fail"
+    );
     // Same-node paths don't need the fix.
-    let same_node_direct_fail = cells.iter().any(|c| c["ok"] == false && c["placement"] == "same-node" && !c["target"].as_str().unwrap().starts_with("svc "));
+    let same_node_direct_fail = cells.iter().any(|c| {
+        c["ok"] == false && c["placement"] == "same-node" && !c["target"].as_str().unwrap().starts_with("svc ")
+    });
     assert!(!same_node_direct_fail, "same-node pod cells must pass without the fix");
     assert_gone(&name);
 }
@@ -122,7 +141,8 @@ fn up_exec_status_down() {
     assert!(st.status.success() && text.contains("web-a") && text.contains("db-b"), "status: {text}");
 
     // A pod reaches another pod's echo server (a `knit lab serve` process) across nodes.
-    let lab: Value = serde_json::from_str(&std::fs::read_to_string(format!("/run/knit/lab/{name}/state.json")).unwrap()).unwrap();
+    let lab: Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("/run/knit/lab/{name}/state.json")).unwrap()).unwrap();
     let web_b = lab["pods"]["web-b"]["ips"]["eth0"][0].as_str().unwrap().to_string();
     let ping = knit(&["lab", "exec", "--name", &name, "web-a", "--", "ping", "-c", "1", "-W", "2", &web_b]);
     assert!(ping.status.success(), "ping from web-a: {}", String::from_utf8_lossy(&ping.stdout));
@@ -136,7 +156,10 @@ fn up_exec_status_down() {
     }
     let db_b = lab["pods"]["db-b"]["ips"]["eth0"][0].as_str().unwrap().to_string();
     let a1 = knit(&["lab", "exec", "--name", &name, "a1", "--", "ip", "-4", "route", "show", "proto", "bird"]);
-    assert!(String::from_utf8_lossy(&a1.stdout).lines().any(|l| l.starts_with(&format!("{db_b} via "))), "a1 lacks b2's underlay pod {db_b}");
+    assert!(
+        String::from_utf8_lossy(&a1.stdout).lines().any(|l| l.starts_with(&format!("{db_b} via "))),
+        "a1 lacks b2's underlay pod {db_b}"
+    );
     // exec passes the command's exit status through.
     let f = knit(&["lab", "exec", "--name", &name, "a1", "--", "false"]);
     assert_eq!(f.status.code(), Some(1));
@@ -197,7 +220,8 @@ fn ctrl_c_while_building_removes_the_lab() {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     std::thread::sleep(std::time::Duration::from_millis(300));
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).expect("SIGINT");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT)
+        .expect("SIGINT");
     let status = child.wait().expect("wait");
     // 130 when interrupted; 0 if the whole matrix beat the signal.
     assert!(matches!(status.code(), Some(130) | Some(0)), "exit {status:?}");
@@ -261,7 +285,10 @@ fn a_killed_node_agent_leaves_the_other_nodes_peers_within_its_lease() {
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
         let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-        if args.iter().any(|a| a == "run") && args.windows(2).any(|w| w[0] == "--node" && w[1] == "node3") && args.iter().any(|a| a.contains(&format!("/run/knit/lab/{name}/"))) {
+        if args.iter().any(|a| a == "run")
+            && args.windows(2).any(|w| w[0] == "--node" && w[1] == "node3")
+            && args.iter().any(|a| a.contains(&format!("/run/knit/lab/{name}/")))
+        {
             let pid: i32 = e.file_name().to_str().unwrap().parse().unwrap();
             nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
             killed = true;
@@ -287,7 +314,8 @@ fn a_killed_node_agent_leaves_the_other_nodes_peers_within_its_lease() {
 /// `knit lab matrix --lab NAME --json` against a running lab.
 fn matrix_on(name: &str) -> Value {
     let out = knit(&["lab", "matrix", "--lab", name, "--json"]);
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("matrix JSON: {e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("matrix JSON: {e}: {}", String::from_utf8_lossy(&out.stderr)));
     let f = failures(&v);
     assert!(f.is_empty() && out.status.success(), "{} failing cells:\n{}", f.len(), f.join("\n"));
     v
@@ -302,14 +330,30 @@ fn nodes_join_and_leave_a_cluster_mode_lab() {
     let before = matrix_on(&name)["cells"].as_array().unwrap().len();
 
     // A fourth node joins with one pod of each kind: its agent finds the others in etcd.
-    let add = knit(&["lab", "add-node", "--name", &name, "node4", "--ip", "172.16.1.5/16", "--pod", "o4:overlay", "--pod", "u4:underlay:underlay17", "--pod", "m4:multinic:underlay16"]);
+    let add = knit(&[
+        "lab",
+        "add-node",
+        "--name",
+        &name,
+        "node4",
+        "--ip",
+        "172.16.1.5/16",
+        "--pod",
+        "o4:overlay",
+        "--pod",
+        "u4:underlay:underlay17",
+        "--pod",
+        "m4:multinic:underlay16",
+    ]);
     assert!(add.status.success(), "add-node: {}", String::from_utf8_lossy(&add.stderr));
     let v = matrix_on(&name);
     let cells = v["cells"].as_array().unwrap();
     assert!(cells.len() > before);
     // The new pods are reached from every other node's pods, and reach them.
     for pod in ["o4", "u4", "m4"] {
-        assert!(cells.iter().any(|c| c["target"].as_str().unwrap().starts_with(&format!("{pod}/")) && c["source"] == "overlay1" && c["ok"] == true));
+        assert!(cells.iter().any(|c| c["target"].as_str().unwrap().starts_with(&format!("{pod}/"))
+            && c["source"] == "overlay1"
+            && c["ok"] == true));
         assert!(cells.iter().any(|c| c["source"] == pod && c["placement"] == "cross-node" && c["ok"] == true));
     }
 
@@ -320,7 +364,11 @@ fn nodes_join_and_leave_a_cluster_mode_lab() {
     assert!(!Path::new(&format!("/run/netns/knit-{name}-node2")).exists());
     assert!(!Path::new(&format!("/run/netns/knit-{name}-overlay2")).exists());
     let v = matrix_on(&name);
-    assert!(v["cells"].as_array().unwrap().iter().all(|c| c["source"] != "overlay2" && !c["target"].as_str().unwrap().starts_with("overlay2/")));
+    assert!(v["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| c["source"] != "overlay2" && !c["target"].as_str().unwrap().starts_with("overlay2/")));
 
     assert!(knit(&["lab", "down", "--name", &name]).status.success());
     assert_gone(&name);

@@ -15,11 +15,7 @@ fn two_address_server(tn: &TestNet) -> (knit_host::Netns, knit_host::Netns) {
     let server = tn.pod("server").expect("server ns");
     tn.link(&client, "eth0", &server, "eth0").expect("veth");
     ip(tn, &client, &["addr", "add", "10.1.0.1/24", "dev", "eth0"]);
-    ip(
-        tn,
-        &client,
-        &["route", "add", "10.2.0.2/32", "via", "10.1.0.2"],
-    );
+    ip(tn, &client, &["route", "add", "10.2.0.2/32", "via", "10.1.0.2"]);
     ip(tn, &server, &["addr", "add", "10.1.0.2/24", "dev", "eth0"]);
     ip(tn, &server, &["addr", "add", "10.2.0.2/32", "dev", "lo"]);
     (client, server)
@@ -33,10 +29,7 @@ fn addr(s: &str) -> SocketAddr {
 fn tcp_and_udp_answer_with_the_pod_name_from_the_asked_address() {
     let tn = TestNet::new("ksv").expect("testnet");
     let (client, server) = two_address_server(&tn);
-    let echo = server
-        .run(|| EchoServer::bind("pod-a", 7000))
-        .expect("enter ns")
-        .expect("bind");
+    let echo = server.run(|| EchoServer::bind("pod-a", 7000)).expect("enter ns").expect("bind");
     assert_eq!(echo.pod(), "pod-a");
     let handle = echo.spawn().expect("serve");
 
@@ -56,13 +49,8 @@ fn tcp_and_udp_answer_with_the_pod_name_from_the_asked_address() {
     }
     handle.stop().expect("stop");
     // Stopped: the port is closed again.
-    let after = client
-        .run(|| probe_tcp(addr("10.1.0.2:7000"), T))
-        .expect("enter ns");
-    assert!(
-        matches!(after, Err(ProbeError::Refused { .. })),
-        "{after:?}"
-    );
+    let after = client.run(|| probe_tcp(addr("10.1.0.2:7000"), T)).expect("enter ns");
+    assert!(matches!(after, Err(ProbeError::Refused { .. })), "{after:?}");
 }
 
 #[test]
@@ -71,9 +59,7 @@ fn a_plain_udp_server_answers_from_the_wrong_address() {
     let tn = TestNet::new("ksw").expect("testnet");
     let (client, server) = two_address_server(&tn);
     udp_echo(&server, addr("0.0.0.0:7001"));
-    let r = client
-        .run(|| probe_udp(addr("10.2.0.2:7001"), T))
-        .expect("enter ns");
+    let r = client.run(|| probe_udp(addr("10.2.0.2:7001"), T)).expect("enter ns");
     match r {
         Err(ProbeError::WrongSource { from, .. }) => assert_eq!(from, addr("10.1.0.2:7001")),
         other => panic!("expected a wrong-source reply, got {other:?}"),
@@ -84,12 +70,8 @@ fn a_plain_udp_server_answers_from_the_wrong_address() {
 fn failures_are_classified_and_bounded() {
     let tn = TestNet::new("ksf").expect("testnet");
     let (client, server) = two_address_server(&tn);
-    let _serving = server
-        .run(|| EchoServer::bind("pod-b", 7002))
-        .expect("enter ns")
-        .expect("bind")
-        .spawn()
-        .expect("serve");
+    let _serving =
+        server.run(|| EchoServer::bind("pod-b", 7002)).expect("enter ns").expect("bind").spawn().expect("serve");
     // A drop on the server side: timeouts, each within about the bound.
     ip(&tn, &server, &["route", "add", "blackhole", "10.1.0.1/32"]);
     let started = Instant::now();
@@ -102,11 +84,7 @@ fn failures_are_classified_and_bounded() {
             )
         })
         .expect("enter ns");
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "probes took {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(5), "probes took {:?}", started.elapsed());
     assert!(matches!(tcp, Err(ProbeError::Timeout { .. })), "{tcp:?}");
     assert!(matches!(udp, Err(ProbeError::Timeout { .. })), "{udp:?}");
     assert!(matches!(icmp, Err(ProbeError::NoEcho { .. })), "{icmp:?}");
@@ -122,12 +100,6 @@ fn failures_are_classified_and_bounded() {
         })
         .expect("enter ns");
     icmp.expect("ping the second address");
-    assert!(
-        matches!(refused, Err(ProbeError::Refused { .. })),
-        "{refused:?}"
-    );
-    assert!(
-        matches!(unreachable, Err(ProbeError::Unreachable { .. })),
-        "{unreachable:?}"
-    );
+    assert!(matches!(refused, Err(ProbeError::Refused { .. })), "{refused:?}");
+    assert!(matches!(unreachable, Err(ProbeError::Unreachable { .. })), "{unreachable:?}");
 }

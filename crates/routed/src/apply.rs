@@ -96,7 +96,12 @@ impl Routed {
 
 /// The netlink sockets and the veth pair (down): everything of ADD that needs no address.
 /// The guard deletes the pair unless disarmed.
-fn prepare_veth(args: &CmdArgs, conf: &RoutedConf, identity: &str, pod_ns: &Netns) -> Result<(Handle, Handle, u32, VethGuard), CniError> {
+fn prepare_veth(
+    args: &CmdArgs,
+    conf: &RoutedConf,
+    identity: &str,
+    pod_ns: &Netns,
+) -> Result<(Handle, Handle, u32, VethGuard), CniError> {
     let host = Handle::new().map_err(herr("opening netlink"))?;
     let pod = Handle::in_netns(pod_ns).map_err(herr("opening netlink in the pod netns"))?;
     let host_veth = plan::host_veth_name(identity);
@@ -112,7 +117,8 @@ fn prepare_veth(args: &CmdArgs, conf: &RoutedConf, identity: &str, pod_ns: &Netn
             if link::delete_by_name(&host, &host_veth).map_err(herr("removing a stale host veth"))? {
                 tracing::info!("removed stale host veth {host_veth}");
             }
-            link::create_veth(&host, &host_veth, &args.ifname, Some(pod_ns), &opts).map_err(herr("creating the veth pair"))?
+            link::create_veth(&host, &host_veth, &args.ifname, Some(pod_ns), &opts)
+                .map_err(herr("creating the veth pair"))?
         }
         Err(e) => return Err(herr("creating the veth pair")(e)),
     };
@@ -139,7 +145,13 @@ impl Drop for VethGuard {
 }
 
 /// Installs everything but the veth pair itself; returns the pod interface's MAC.
-fn install(plan: &Plan, host: &Handle, host_index: u32, pod: &Handle, pod_ns: &Netns) -> Result<Option<knit_host::Mac>, CniError> {
+fn install(
+    plan: &Plan,
+    host: &Handle,
+    host_index: u32,
+    pod: &Handle,
+    pod_ns: &Netns,
+) -> Result<Option<knit_host::Mac>, CniError> {
     // Host side. The plugin runs in the node's namespace, so /proc/sys is the node's.
     for (k, v) in &plan.host_sysctls {
         if let Err(e) = sysctl::set(k, v) {
@@ -236,9 +248,7 @@ impl Plugin for Routed {
 
     fn check(&self, args: &CmdArgs) -> Result<(), CniError> {
         let conf = RoutedConf::parse(&args.stdin)?;
-        let prev = args
-            .prev_result()?
-            .ok_or_else(|| CniError::invalid_config("CHECK needs prevResult"))?;
+        let prev = args.prev_result()?.ok_or_else(|| CniError::invalid_config("CHECK needs prevResult"))?;
         ipam::check(args)?;
         let plan = plan::plan(&Self::identity(args), &args.ifname, conf.mtu(), &prev)?;
         let pod_ns = open_netns(&args.netns)?;
@@ -280,9 +290,7 @@ pub fn check_state(plan: &Plan, host: &Handle, pod: &Handle) -> Result<(), CniEr
     for f in plan.families() {
         let routes = route::list(pod, f, Some(254)).map_err(herr("reading pod routes"))?;
         for want in plan.pod_routes.iter().filter(|r| r.family() == f) {
-            let ok = routes
-                .iter()
-                .any(|r| r.dst == want.dst && r.gateway == want.gateway && r.oif == Some(pv.index));
+            let ok = routes.iter().any(|r| r.dst == want.dst && r.gateway == want.gateway && r.oif == Some(pv.index));
             if !ok {
                 return Err(missing(format!("pod route {want} via {} is missing", plan.pod_ifname)));
             }

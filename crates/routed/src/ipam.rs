@@ -8,8 +8,7 @@ use knit_cni::{delegate, CmdArgs, CniError, CniResult, Plugin};
 use knit_ipam::plugin::KnitIpam;
 
 fn in_process(args: &CmdArgs) -> bool {
-    std::env::var_os("KNIT_IPAM_EXEC").is_none_or(|v| v != "1")
-        && args.conf.ipam_type().is_ok_and(|t| t == "knit-ipam")
+    std::env::var_os("KNIT_IPAM_EXEC").is_none_or(|v| v != "1") && args.conf.ipam_type().is_ok_and(|t| t == "knit-ipam")
 }
 
 pub fn add(args: &CmdArgs) -> Result<CniResult, CniError> {

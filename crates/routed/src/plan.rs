@@ -102,12 +102,7 @@ fn gateway(f: Family) -> IpAddr {
 }
 
 /// Computes the plan from the CNI inputs and the IPAM result.
-pub fn plan(
-    identity: &str,
-    ifname: &str,
-    mtu: Option<u32>,
-    ipam: &CniResult,
-) -> Result<Plan, CniError> {
+pub fn plan(identity: &str, ifname: &str, mtu: Option<u32>, ipam: &CniResult) -> Result<Plan, CniError> {
     if ipam.ips.is_empty() {
         return Err(CniError::generic("IPAM returned no IP address"));
     }
@@ -130,12 +125,7 @@ pub fn plan(
         }
         // IPAM routes (e.g. host-local's `routes`) keep their destinations but always point at
         // the proxy-answered gateway: there is no other next hop on a /32 veth.
-        let dsts: Vec<IpNet> = ipam
-            .routes
-            .iter()
-            .map(|r| r.dst)
-            .filter(|d| Family::of_net(d) == f)
-            .collect();
+        let dsts: Vec<IpNet> = ipam.routes.iter().map(|r| r.dst).filter(|d| Family::of_net(d) == f).collect();
         let dsts = if dsts.is_empty() { vec![f.any()] } else { dsts };
         for dst in dsts {
             pod_routes.push(Route::via(dst, gw, None));
@@ -182,18 +172,8 @@ pub fn plan(
 
 /// The CNI result: the host veth and the pod interface, each IP pointing at the pod interface
 /// (index 1), the pod routes, and IPAM's DNS.
-pub fn result(
-    plan: &Plan,
-    ipam: &CniResult,
-    pod_mac: Option<Mac>,
-    netns: &str,
-    version: &str,
-) -> CniResult {
-    let mut res = CniResult {
-        cni_version: version.to_string(),
-        dns: ipam.dns.clone(),
-        ..CniResult::default()
-    };
+pub fn result(plan: &Plan, ipam: &CniResult, pod_mac: Option<Mac>, netns: &str, version: &str) -> CniResult {
+    let mut res = CniResult { cni_version: version.to_string(), dns: ipam.dns.clone(), ..CniResult::default() };
     res.interfaces.push(knit_cni::Interface {
         name: plan.host_veth.clone(),
         mac: HOST_VETH_MAC.to_string(),
@@ -207,11 +187,7 @@ pub fn result(
         ..Default::default()
     });
     for a in &plan.pod_addrs {
-        res.ips.push(knit_cni::IpConfig {
-            interface: Some(1),
-            address: *a,
-            gateway: Some(gateway(Family::of_net(a))),
-        });
+        res.ips.push(knit_cni::IpConfig { interface: Some(1), address: *a, gateway: Some(gateway(Family::of_net(a))) });
     }
     for r in &plan.pod_routes {
         if let Some(gw) = r.gateway {

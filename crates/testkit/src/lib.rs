@@ -34,7 +34,11 @@ pub fn bin_dir() -> PathBuf {
 /// A built binary of the workspace; panics with the fix when it is missing.
 pub fn bin(name: &str) -> PathBuf {
     let p = bin_dir().join(name);
-    assert!(p.exists(), "{} is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+        p.display()
+    );
     p
 }
 
@@ -162,7 +166,11 @@ impl<'a> Cni<'a> {
 
 fn outcome(out: Output) -> CniOutcome {
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let json = if stdout.trim().is_empty() { Value::Null } else { serde_json::from_str(&stdout).unwrap_or(Value::String(stdout.to_string())) };
+    let json = if stdout.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&stdout).unwrap_or(Value::String(stdout.to_string()))
+    };
     CniOutcome { ok: out.status.success(), json, stderr: String::from_utf8_lossy(&out.stderr).into_owned() }
 }
 

@@ -54,11 +54,10 @@ impl TestPlugin {
         self.record(args)?;
         let verb = args.command.as_str().to_ascii_lowercase();
         match args.conf.extra.get("fail").and_then(Value::as_str) {
-            Some(f) if f.eq_ignore_ascii_case(&verb) => Err(CniError::new(
-                FAIL_CODE,
-                format!("knit-testplugin: asked to fail {}", args.command),
-            )
-            .with_details(format!("type {:?}", args.conf.plugin_type))),
+            Some(f) if f.eq_ignore_ascii_case(&verb) => {
+                Err(CniError::new(FAIL_CODE, format!("knit-testplugin: asked to fail {}", args.command))
+                    .with_details(format!("type {:?}", args.conf.plugin_type)))
+            }
             _ => Ok(()),
         }
     }
@@ -67,9 +66,7 @@ impl TestPlugin {
         match args.conf.extra.get(key) {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s)),
-            Some(other) => Err(CniError::invalid_config(format!(
-                "field {key:?} must be a string, got {other}"
-            ))),
+            Some(other) => Err(CniError::invalid_config(format!("field {key:?} must be a string, got {other}"))),
         }
     }
 
@@ -77,8 +74,7 @@ impl TestPlugin {
     where
         T::Err: std::fmt::Display,
     {
-        s.parse()
-            .map_err(|e| CniError::invalid_config(format!("field {key:?}: {e}")))
+        s.parse().map_err(|e| CniError::invalid_config(format!("field {key:?}: {e}")))
     }
 
     fn fresh_result(&self, args: &CmdArgs) -> Result<CniResult, CniError> {
@@ -97,11 +93,7 @@ impl TestPlugin {
                 Some(g) => Some(self.parse("gateway", g)?),
                 None => None,
             };
-            result.ips.push(IpConfig {
-                interface: Some(0),
-                address: self.parse("ip", ip)?,
-                gateway,
-            });
+            result.ips.push(IpConfig { interface: Some(0), address: self.parse("ip", ip)?, gateway });
         }
         Ok(result)
     }
@@ -115,9 +107,7 @@ impl Plugin for TestPlugin {
             None => self.fresh_result(args)?,
         };
         if let Some(dst) = self.str_key(args, "appendRoute")? {
-            result
-                .routes
-                .push(Route::new(self.parse("appendRoute", dst)?, None));
+            result.routes.push(Route::new(self.parse("appendRoute", dst)?, None));
         }
         Ok(result)
     }

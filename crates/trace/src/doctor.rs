@@ -28,17 +28,24 @@ pub struct Problem {
 
 fn invalid_drop_rule(snap: &Snapshot, i: usize) -> Option<String> {
     let t = snap.namespaces[i].parsed()?.get("filter")?;
-    t.chains.values().flatten().find(|r| r.text.contains("--ctstate INVALID") && r.text.ends_with("-j DROP")).map(|r| r.text.clone())
+    t.chains
+        .values()
+        .flatten()
+        .find(|r| r.text.contains("--ctstate INVALID") && r.text.ends_with("-j DROP"))
+        .map(|r| r.text.clone())
 }
 
 /// Underlay pod /32s a node routes to its pods through table 500 (over the coordinator's veth;
 /// multi-NIC pods' macvlan addresses, routed over their calico veth, are left out).
 fn underlay_ips(snap: &Snapshot, i: usize) -> Vec<(IpAddr, Option<u32>)> {
     let ns = &snap.namespaces[i];
-    let overlay_oifs: Vec<u32> = ns.routes.iter().filter(|r| r.table == 254 && r.gateway.is_none()).filter_map(|r| r.oif).collect();
+    let overlay_oifs: Vec<u32> =
+        ns.routes.iter().filter(|r| r.table == 254 && r.gateway.is_none()).filter_map(|r| r.oif).collect();
     ns.routes
         .iter()
-        .filter(|r| r.table == HOST_TABLE && r.kind == RouteKind::Unicast && r.dst.prefix_len() == r.dst.max_prefix_len())
+        .filter(|r| {
+            r.table == HOST_TABLE && r.kind == RouteKind::Unicast && r.dst.prefix_len() == r.dst.max_prefix_len()
+        })
         .filter(|r| !r.oif.is_some_and(|o| overlay_oifs.contains(&o)))
         .map(|r| (r.dst.addr(), r.oif))
         .collect()
@@ -57,9 +64,15 @@ pub fn check(snap: &Snapshot) -> Vec<Problem> {
     for &i in &nodes {
         let ns = &snap.namespaces[i];
         let name = ns.name.clone();
-        let mut add = |check: &'static str, detail: String, fix: String| out.push(Problem { ns: name.clone(), check, detail, fix });
+        let mut add = |check: &'static str, detail: String, fix: String| {
+            out.push(Problem { ns: name.clone(), check, detail, fix })
+        };
         if ns.ifconf("all").forwarding == 0 {
-            add("forwarding", "IPv4 forwarding is off (net.ipv4.conf.all.forwarding=0): pods can't be routed".into(), "sysctl -w net.ipv4.ip_forward=1".into());
+            add(
+                "forwarding",
+                "IPv4 forwarding is off (net.ipv4.conf.all.forwarding=0): pods can't be routed".into(),
+                "sysctl -w net.ipv4.ip_forward=1".into(),
+            );
         }
         let ul = underlay_ips(snap, i);
         let lab_ul: Vec<IpAddr> = snap
@@ -85,10 +98,18 @@ pub fn check(snap: &Snapshot) -> Vec<Problem> {
         // Stale table-500 routes.
         for (ip, oif) in &ul {
             match oif.and_then(|o| ns.link(o)) {
-                None => add("stale-route", format!("table {HOST_TABLE} routes {ip} to interface #{} which no longer exists", oif.unwrap_or(0)), format!("ip route del {ip}/32 table {HOST_TABLE}")),
+                None => add(
+                    "stale-route",
+                    format!("table {HOST_TABLE} routes {ip} to interface #{} which no longer exists", oif.unwrap_or(0)),
+                    format!("ip route del {ip}/32 table {HOST_TABLE}"),
+                ),
                 Some(l) => {
                     if !known_ip(*ip) {
-                        add("stale-route", format!("table {HOST_TABLE} routes {ip} to {} but no pod has that address", l.name), format!("ip route del {ip}/32 table {HOST_TABLE}"));
+                        add(
+                            "stale-route",
+                            format!("table {HOST_TABLE} routes {ip} to {} but no pod has that address", l.name),
+                            format!("ip route del {ip}/32 table {HOST_TABLE}"),
+                        );
                     }
                     if ns.ifconf(&l.name).rp_filter == 1 {
                         add(
@@ -103,7 +124,11 @@ pub fn check(snap: &Snapshot) -> Vec<Problem> {
         let veths: Vec<u32> = ul.iter().filter_map(|(_, o)| *o).collect();
         for nb in ns.neigh.iter().filter(|nb| veths.contains(&nb.index)) {
             if !known_ip(nb.ip) && nb.ip.is_ipv4() && !ul.iter().any(|(ip, _)| *ip == nb.ip) && !ns.is_local(nb.ip) {
-                add("stale-neighbour", format!("neighbour {} on {} belongs to no pod", nb.ip, ns.ifname(nb.index)), format!("ip neigh del {} dev {}", nb.ip, ns.ifname(nb.index)));
+                add(
+                    "stale-neighbour",
+                    format!("neighbour {} on {} belongs to no pod", nb.ip, ns.ifname(nb.index)),
+                    format!("ip neigh del {} dev {}", nb.ip, ns.ifname(nb.index)),
+                );
             }
         }
         // INVALID drop with strict TCP tracking while this node's underlay pods have no /32 elsewhere.
@@ -126,7 +151,8 @@ pub fn check(snap: &Snapshot) -> Vec<Problem> {
                     }
                 }
                 if !missing.is_empty() {
-                    let list: Vec<String> = missing.iter().map(|(ip, w)| format!("{ip} (not on {})", w.join(", "))).collect();
+                    let list: Vec<String> =
+                        missing.iter().map(|(ip, w)| format!("{ip} (not on {})", w.join(", "))).collect();
                     add(
                         "invalid-drop",
                         format!(
@@ -146,7 +172,11 @@ pub fn check(snap: &Snapshot) -> Vec<Problem> {
                 out.push(Problem {
                     ns: ns.name.clone(),
                     check: "macvlan-master",
-                    detail: format!("macvlan {} has no parent in the snapshot (master #{} gone)", l.name, l.link.unwrap_or(0)),
+                    detail: format!(
+                        "macvlan {} has no parent in the snapshot (master #{} gone)",
+                        l.name,
+                        l.link.unwrap_or(0)
+                    ),
                     fix: "recreate the pod's macvlan NIC (CNI DEL + ADD) on an existing master".into(),
                 });
             }

@@ -184,8 +184,15 @@ fn fib_rules_lookup(ns: &NsSnap, iif: &str, src: Option<IpAddr>, dst: IpAddr, ma
                 let Some(route) = table_lookup(ns, r.table, dst) else { continue };
                 match route.kind {
                     RouteKind::Throw => continue,
-                    RouteKind::Blackhole => return Err(FibError::Invalid(format!("blackhole route {} in table {}", route.dst, r.table))),
-                    RouteKind::Unreachable => return Err(FibError::HostUnreachable(format!("unreachable route {} in table {}", route.dst, r.table))),
+                    RouteKind::Blackhole => {
+                        return Err(FibError::Invalid(format!("blackhole route {} in table {}", route.dst, r.table)))
+                    }
+                    RouteKind::Unreachable => {
+                        return Err(FibError::HostUnreachable(format!(
+                            "unreachable route {} in table {}",
+                            route.dst, r.table
+                        )))
+                    }
                     RouteKind::Prohibit => return Err(FibError::Prohibited),
                     _ => return Ok(decision(ns, Some(r), r.table, route)),
                 }
@@ -238,7 +245,10 @@ pub fn validate_source(ns: &NsSnap, iif: &str, src: IpAddr, dst: IpAddr, oif: u3
                 return Ok(());
             }
             if no_addr {
-                return strict(format!("rp_filter={rpf} on {iif} (no address): the route back to {src} leaves by {}", d.oif.map(|o| ns.ifname(o)).unwrap_or_default()));
+                return strict(format!(
+                    "rp_filter={rpf} on {iif} (no address): the route back to {src} leaves by {}",
+                    d.oif.map(|o| ns.ifname(o)).unwrap_or_default()
+                ));
             }
             if rpf == 1 {
                 return Err(FibError::RpFilter(format!(

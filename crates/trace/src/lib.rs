@@ -47,7 +47,8 @@ pub fn resolve_source(snap: &Snapshot, s: &str) -> Result<(usize, Option<IpAddr>
     if let Some(i) = snap.ns_index(s) {
         return Ok((i, None));
     }
-    let ip: IpAddr = s.parse().map_err(|_| Error::Other(format!("{s:?} is neither a namespace of the snapshot nor an address")))?;
+    let ip: IpAddr =
+        s.parse().map_err(|_| Error::Other(format!("{s:?} is neither a namespace of the snapshot nor an address")))?;
     let i = snap.owner_of(ip).ok_or_else(|| Error::Other(format!("no namespace has address {ip}")))?;
     Ok((i, Some(ip)))
 }

@@ -158,7 +158,8 @@ fn parse_rule(text: &str) -> Option<(String, IptRule)> {
     while let Some(t) = it.next() {
         if in_target {
             if t.starts_with("--") {
-                let v = if it.peek().is_some_and(|n| !n.starts_with("--")) { it.next().map(String::from) } else { None };
+                let v =
+                    if it.peek().is_some_and(|n| !n.starts_with("--")) { it.next().map(String::from) } else { None };
                 topts.push((t.to_string(), v));
             }
             continue;
@@ -168,8 +169,12 @@ fn parse_rule(text: &str) -> Option<(String, IptRule)> {
                 neg = true;
                 continue;
             }
-            "-s" | "--source" => matches.push((neg, it.next().and_then(parse_net).map(M::Src).unwrap_or(M::Unknown("-s".into())))),
-            "-d" | "--destination" => matches.push((neg, it.next().and_then(parse_net).map(M::Dst).unwrap_or(M::Unknown("-d".into())))),
+            "-s" | "--source" => {
+                matches.push((neg, it.next().and_then(parse_net).map(M::Src).unwrap_or(M::Unknown("-s".into()))))
+            }
+            "-d" | "--destination" => {
+                matches.push((neg, it.next().and_then(parse_net).map(M::Dst).unwrap_or(M::Unknown("-d".into()))))
+            }
             "-p" | "--protocol" => matches.push((neg, M::Proto(it.next().unwrap_or("").to_string()))),
             "-i" | "--in-interface" => matches.push((neg, M::InIf(it.next().unwrap_or("").to_string()))),
             "-o" | "--out-interface" => matches.push((neg, M::OutIf(it.next().unwrap_or("").to_string()))),
@@ -180,8 +185,14 @@ fn parse_rule(text: &str) -> Option<(String, IptRule)> {
                 }
                 // Options follow as --x; handled below.
             }
-            "--dport" | "--destination-port" => matches.push((neg, it.next().and_then(|p| p.parse().ok()).map(M::Dport).unwrap_or(M::Unknown("--dport".into())))),
-            "--sport" | "--source-port" => matches.push((neg, it.next().and_then(|p| p.parse().ok()).map(M::Sport).unwrap_or(M::Unknown("--sport".into())))),
+            "--dport" | "--destination-port" => matches.push((
+                neg,
+                it.next().and_then(|p| p.parse().ok()).map(M::Dport).unwrap_or(M::Unknown("--dport".into())),
+            )),
+            "--sport" | "--source-port" => matches.push((
+                neg,
+                it.next().and_then(|p| p.parse().ok()).map(M::Sport).unwrap_or(M::Unknown("--sport".into())),
+            )),
             "--dst-type" => {
                 let v = it.next().unwrap_or("");
                 matches.push((neg, if v == "LOCAL" { M::DstLocal } else { M::Unknown(format!("--dst-type {v}")) }));
@@ -234,7 +245,9 @@ fn parse_rule(text: &str) -> Option<(String, IptRule)> {
             "DNAT" => {
                 let to = opt("--to-destination").unwrap_or_default();
                 let (ip, port) = match to.rsplit_once(':') {
-                    Some((a, p)) if !a.contains(':') || a.starts_with('[') => (a.trim_matches(['[', ']']).parse().ok(), p.parse().ok()),
+                    Some((a, p)) if !a.contains(':') || a.starts_with('[') => {
+                        (a.trim_matches(['[', ']']).parse().ok(), p.parse().ok())
+                    }
                     _ => (to.parse().ok(), None),
                 };
                 match ip {
@@ -518,7 +531,17 @@ COMMIT
 "#;
 
     fn pkt<'a>(src: &str, dst: &str, dport: u16, local: &'a dyn Fn(IpAddr) -> bool) -> Pkt<'a> {
-        Pkt { src: src.parse().unwrap(), dst: dst.parse().unwrap(), proto: "tcp", sport: 40000, dport, iif: Some("eth0"), oif: None, ct: CtState::New, is_local: local }
+        Pkt {
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            proto: "tcp",
+            sport: 40000,
+            dport,
+            iif: Some("eth0"),
+            oif: None,
+            ct: CtState::New,
+            is_local: local,
+        }
     }
 
     #[test]
@@ -528,7 +551,10 @@ COMMIT
         let outs = eval(Some(&t), "PREROUTING", &pkt("10.233.64.9", "10.233.0.10", 80, &no), 0, 0);
         let mut eps: Vec<_> = outs.iter().filter_map(|o| o.dnat).collect();
         eps.sort();
-        assert_eq!(eps, vec![("10.233.64.1".parse().unwrap(), Some(8080)), ("10.233.64.2".parse().unwrap(), Some(8080))]);
+        assert_eq!(
+            eps,
+            vec![("10.233.64.1".parse().unwrap(), Some(8080)), ("10.233.64.2".parse().unwrap(), Some(8080))]
+        );
         assert!(outs.iter().all(|o| o.mark == 0), "pod sources aren't masqueraded");
         let outs = eval(Some(&t), "PREROUTING", &pkt("172.16.2.2", "10.233.0.10", 80, &no), 0, 0);
         assert!(outs.iter().all(|o| o.mark == 0x4000 && o.dnat.is_some()));

@@ -51,7 +51,9 @@ fn rule_lines(chain: &str, exprs: &[Expr]) -> Vec<String> {
         match e {
             Expr::IifName(n) => matches.push_str(&format!(" -i {n}")),
             Expr::OifName(n) => matches.push_str(&format!(" -o {n}")),
-            Expr::CtState(bits) => matches.push_str(&format!(" -m conntrack --ctstate {}", nft::ct_state_names(*bits).join(","))),
+            Expr::CtState(bits) => {
+                matches.push_str(&format!(" -m conntrack --ctstate {}", nft::ct_state_names(*bits).join(",")))
+            }
             Expr::Mark(v) => matches.push_str(&format!(" -m mark --mark {v:#x}")),
             Expr::SetMark(v) => targets.push(format!("MARK --set-xmark {v:#x}/0xffffffff")),
             Expr::SaveMark => targets.push("CONNMARK --save-mark --nfmask 0xffffffff --ctmask 0xffffffff".into()),

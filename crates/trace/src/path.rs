@@ -161,7 +161,8 @@ impl Packet {
 const SPORT: u16 = 40000;
 
 /// The fix for an INVALID drop on an asymmetric path.
-pub const FIX_INVALID: &str = "install /32 routes for underlay pods via their node on every node (knit lab without --no-underlay-routes), \
+pub const FIX_INVALID: &str =
+    "install /32 routes for underlay pods via their node on every node (knit lab without --no-underlay-routes), \
 or set net.netfilter.nf_conntrack_tcp_be_liberal=1 with kube-proxy >= 1.29 (which then leaves out the INVALID drop)";
 
 /// Traces `req` on `snap` (which must be [`Snapshot::prepare`]d).
@@ -186,7 +187,9 @@ pub fn trace(snap: &Snapshot, req: &Request) -> Trace {
         drop: fwd.0.drop.clone(),
     };
     let Some(dst_ns) = fwd.1 else { return out };
-    let (Some((rdst, rdport)), Some((rsrc, rsport))) = (out.forward.delivered_from, out.forward.delivered_addr) else { return out };
+    let (Some((rdst, rdport)), Some((rsrc, rsport))) = (out.forward.delivered_from, out.forward.delivered_addr) else {
+        return out;
+    };
     let rpkt = Packet { src: Some(rsrc), dst: rdst, sport: rsport, dport: rdport };
     let (mut rep, reply_end) = walk(snap, req, dst_ns, rpkt, Dir::Reply, &mut cts, &mut Vec::new(), &mut None);
     if rep.drop.is_none() {
@@ -213,7 +216,10 @@ pub fn trace(snap: &Snapshot, req: &Request) -> Trace {
                     path: "reply".into(),
                     hop: n,
                     ns: snap.namespaces[ns].name.clone(),
-                    reason: format!("the reply is delivered to {}, not to the client {}", snap.namespaces[ns].name, out.source),
+                    reason: format!(
+                        "the reply is delivered to {}, not to the client {}",
+                        snap.namespaces[ns].name, out.source
+                    ),
                     rule: None,
                     fix: None,
                 });
@@ -319,8 +325,12 @@ fn describe_route(snap: &Snapshot, ns: usize, d: &Decision) -> String {
 
 fn fib_fix(e: &FibError, ns: &str, iif: Option<&str>) -> Option<String> {
     match e {
-        FibError::RpFilter(_) => Some(format!("set net.ipv4.conf.{}.rp_filter=0 (or 2, loose) in {ns}", iif.unwrap_or("all"))),
-        FibError::HostUnreachable(w) if w.contains("forwarding") => Some(format!("enable net.ipv4.conf.{}.forwarding in {ns}", iif.unwrap_or("all"))),
+        FibError::RpFilter(_) => {
+            Some(format!("set net.ipv4.conf.{}.rp_filter=0 (or 2, loose) in {ns}", iif.unwrap_or("all")))
+        }
+        FibError::HostUnreachable(w) if w.contains("forwarding") => {
+            Some(format!("enable net.ipv4.conf.{}.forwarding in {ns}", iif.unwrap_or("all")))
+        }
         FibError::NetUnreachable => Some(format!("add a route for the destination in {ns}")),
         _ => None,
     }
@@ -348,7 +358,8 @@ fn walk(
         let tables = ns.parsed();
         let tab = |name: &str| tables.and_then(|t| t.get(name));
         let iif_name = iif.map(|i| ns.ifname(i));
-        let mut hop = Hop { n, ns: ns.name.clone(), iif: iif_name.clone(), packet: p.describe(req.proto), ..Default::default() };
+        let mut hop =
+            Hop { n, ns: ns.name.clone(), iif: iif_name.clone(), packet: p.describe(req.proto), ..Default::default() };
         let drop = |hop: Hop, out: &mut PathTrace, reason: String, rule: Option<String>, fix: Option<String>| {
             out.drop = Some(Drop { path: path_name.into(), hop: hop.n, ns: hop.ns.clone(), reason, rule, fix });
             out.hops.push(hop);
@@ -388,7 +399,17 @@ fn walk(
                 hop.packet = p.describe(req.proto);
             }
             let src = p.src.unwrap_or(p.dst);
-            let pk = Pkt { src, dst: p.dst, proto, sport: p.sport, dport: p.dport, iif: None, oif: None, ct: ctstate, is_local: &is_local };
+            let pk = Pkt {
+                src,
+                dst: p.dst,
+                proto,
+                sport: p.sport,
+                dport: p.dport,
+                iif: None,
+                oif: None,
+                ct: ctstate,
+                is_local: &is_local,
+            };
             mangle(tab("mangle"), "OUTPUT", &pk, &mut mark, &mut ctmark, &mut hop);
             if ctstate == CtState::New {
                 let outs = netfilter::eval(tab("nat"), "OUTPUT", &pk, mark, ctmark);
@@ -409,7 +430,17 @@ fn walk(
                 }
             }
             let src = p.src.unwrap_or(p.dst);
-            let pk = Pkt { src, dst: p.dst, proto, sport: p.sport, dport: p.dport, iif: Some(&iname), oif: None, ct: ctstate, is_local: &is_local };
+            let pk = Pkt {
+                src,
+                dst: p.dst,
+                proto,
+                sport: p.sport,
+                dport: p.dport,
+                iif: Some(&iname),
+                oif: None,
+                ct: ctstate,
+                is_local: &is_local,
+            };
             mangle(tab("mangle"), "PREROUTING", &pk, &mut mark, &mut ctmark, &mut hop);
             if ctstate == CtState::New {
                 let outs = netfilter::eval(tab("nat"), "PREROUTING", &pk, mark, ctmark);
@@ -445,8 +476,21 @@ fn walk(
         if d.is_local() {
             hop.action = "deliver".into();
             if iif.is_some() {
-                let pk = Pkt { src, dst: p.dst, proto, sport: p.sport, dport: p.dport, iif: iif_name.as_deref(), oif: None, ct: ctstate, is_local: &is_local };
-                if let Some(rule) = netfilter::eval(tab("filter"), "INPUT", &pk, mark, ctmark).first().and_then(|o| o.dropped_by.clone()) {
+                let pk = Pkt {
+                    src,
+                    dst: p.dst,
+                    proto,
+                    sport: p.sport,
+                    dport: p.dport,
+                    iif: iif_name.as_deref(),
+                    oif: None,
+                    ct: ctstate,
+                    is_local: &is_local,
+                };
+                if let Some(rule) = netfilter::eval(tab("filter"), "INPUT", &pk, mark, ctmark)
+                    .first()
+                    .and_then(|o| o.dropped_by.clone())
+                {
                     drop(hop, &mut out, format!("filter INPUT drops it (conntrack {ctstate:?})"), Some(rule), None);
                     return (out, None);
                 }
@@ -474,7 +518,17 @@ fn walk(
         let oname = ns.ifname(oif);
         if let Some(i) = &iif_name {
             hop.action = "forward".into();
-            let pk = Pkt { src, dst: p.dst, proto, sport: p.sport, dport: p.dport, iif: Some(i), oif: Some(&oname), ct: ctstate, is_local: &is_local };
+            let pk = Pkt {
+                src,
+                dst: p.dst,
+                proto,
+                sport: p.sport,
+                dport: p.dport,
+                iif: Some(i),
+                oif: Some(&oname),
+                ct: ctstate,
+                is_local: &is_local,
+            };
             let o = netfilter::eval(tab("filter"), "FORWARD", &pk, mark, ctmark);
             if let Some(rule) = o.first().and_then(|o| o.dropped_by.clone()) {
                 let reason = if ctstate == CtState::Invalid {
@@ -496,12 +550,25 @@ fn walk(
         }
         // POSTROUTING.
         if ctstate == CtState::New && dir == Dir::Forward {
-            let pk = Pkt { src, dst: p.dst, proto, sport: p.sport, dport: p.dport, iif: iif_name.as_deref(), oif: Some(&oname), ct: ctstate, is_local: &is_local };
+            let pk = Pkt {
+                src,
+                dst: p.dst,
+                proto,
+                sport: p.sport,
+                dport: p.dport,
+                iif: iif_name.as_deref(),
+                oif: Some(&oname),
+                ct: ctstate,
+                is_local: &is_local,
+            };
             let outs = netfilter::eval(tab("nat"), "POSTROUTING", &pk, mark, ctmark);
             if let Some(o) = outs.first() {
                 if let Some(to) = o.masquerade {
                     let new = to.or_else(|| fib::select_source(ns, &d, p.dst)).unwrap_or(src);
-                    hop.nat.push(format!("MASQUERADE: source {src} → {new} ({})", o.masq_rule.clone().unwrap_or_default()));
+                    hop.nat.push(format!(
+                        "MASQUERADE: source {src} → {new} ({})",
+                        o.masq_rule.clone().unwrap_or_default()
+                    ));
                     cts.entry(cur).or_default().snat = Some((src, p.sport, new));
                     p.src = Some(new);
                 }
@@ -531,14 +598,28 @@ fn walk(
         }
     }
     let n = out.hops.len();
-    out.drop = Some(Drop { path: path_name.into(), hop: n, ns: snap.namespaces[cur].name.clone(), reason: format!("more than {MAX_HOPS} hops"), rule: None, fix: None });
+    out.drop = Some(Drop {
+        path: path_name.into(),
+        hop: n,
+        ns: snap.namespaces[cur].name.clone(),
+        reason: format!("more than {MAX_HOPS} hops"),
+        rule: None,
+        fix: None,
+    });
     (out, None)
 }
 
 /// The mangle table's chain at one hook: the packet's mark and conntrack mark after it (the
 /// first outcome: only `-m statistic` forks, and mangle chains use none), with a note on
 /// the hop when the mark changed.
-fn mangle(table: Option<&netfilter::Table>, chain: &str, pk: &Pkt<'_>, mark: &mut u32, ctmark: &mut u32, hop: &mut Hop) {
+fn mangle(
+    table: Option<&netfilter::Table>,
+    chain: &str,
+    pk: &Pkt<'_>,
+    mark: &mut u32,
+    ctmark: &mut u32,
+    hop: &mut Hop,
+) {
     if let Some(o) = netfilter::eval(table, chain, pk, *mark, *ctmark).first() {
         if o.mark != *mark {
             hop.notes.push(format!("mangle {chain} sets mark {:#x}", o.mark));
@@ -586,9 +667,19 @@ pub fn receiver(snap: &Snapshot, out: Port, nexthop: IpAddr) -> Result<(Port, St
     let eps = segment(snap, out);
     let ns = &snap.namespaces[out.ns];
     // A neighbour entry with a MAC names the receiver.
-    if let Some(nb) = ns.neigh.iter().find(|nb| nb.index == out.link && nb.ip == nexthop && nb.lladdr.is_some() && !matches!(nb.state, NeighState::Failed | NeighState::Incomplete)) {
-        if let Some((p, how)) = eps.iter().find(|(p, _)| snap.namespaces[p.ns].link(p.link).and_then(|l| l.mac) == nb.lladdr) {
-            return Ok((*p, format!("{how}, neighbour {:?} {}", nb.state, nb.lladdr.map(|m| m.to_string()).unwrap_or_default())));
+    if let Some(nb) = ns.neigh.iter().find(|nb| {
+        nb.index == out.link
+            && nb.ip == nexthop
+            && nb.lladdr.is_some()
+            && !matches!(nb.state, NeighState::Failed | NeighState::Incomplete)
+    }) {
+        if let Some((p, how)) =
+            eps.iter().find(|(p, _)| snap.namespaces[p.ns].link(p.link).and_then(|l| l.mac) == nb.lladdr)
+        {
+            return Ok((
+                *p,
+                format!("{how}, neighbour {:?} {}", nb.state, nb.lladdr.map(|m| m.to_string()).unwrap_or_default()),
+            ));
         }
     }
     // ARP: the namespace holding the address answers (arp_ignore=0: on any of its interfaces).
@@ -596,7 +687,8 @@ pub fn receiver(snap: &Snapshot, out: Port, nexthop: IpAddr) -> Result<(Port, St
         let rns = &snap.namespaces[p.ns];
         let rname = rns.ifname(p.link);
         let ignore = rns.ifconf(&rname).arp_ignore;
-        let owns = if ignore == 0 { rns.is_local(nexthop) } else { rns.addrs_on(p.link).any(|a| a.net.addr() == nexthop) };
+        let owns =
+            if ignore == 0 { rns.is_local(nexthop) } else { rns.addrs_on(p.link).any(|a| a.net.addr() == nexthop) };
         if owns {
             return Ok((*p, format!("{how}, ARP")));
         }
@@ -628,7 +720,11 @@ pub fn receiver(snap: &Snapshot, out: Port, nexthop: IpAddr) -> Result<(Port, St
     for c in snap.macvlan_children(out) {
         if snap.namespaces[c.ns].addrs_on(c.link).any(|a| a.net.addr() == nexthop) {
             return Err((
-                format!("{nexthop} is on {}, a macvlan child of {}: a parent never reaches its own macvlan children", snap.port_name(c), snap.port_name(out)),
+                format!(
+                    "{nexthop} is on {}, a macvlan child of {}: a parent never reaches its own macvlan children",
+                    snap.port_name(c),
+                    snap.port_name(out)
+                ),
                 Some("route to the pod through its veth (knit-coordinator's table-500 /32 routes, rule 1000)".into()),
             ));
         }
@@ -636,7 +732,10 @@ pub fn receiver(snap: &Snapshot, out: Port, nexthop: IpAddr) -> Result<(Port, St
     if eps.is_empty() {
         return Err((format!("{} leads outside the snapshot", snap.port_name(out)), None));
     }
-    Err((format!("nobody on the segment of {} answers ARP for {nexthop}", snap.port_name(out)), Some(format!("add a route for {nexthop} via a host that can reach it"))))
+    Err((
+        format!("nobody on the segment of {} answers ARP for {nexthop}", snap.port_name(out)),
+        Some(format!("add a route for {nexthop} via a host that can reach it")),
+    ))
 }
 
 fn segment(snap: &Snapshot, out: Port) -> Vec<(Port, String)> {
@@ -657,10 +756,17 @@ fn segment(snap: &Snapshot, out: Port) -> Vec<(Port, String)> {
             wire_from(snap, parent, &format!("macvlan out through parent {}", snap.port_name(parent)), &mut eps, 0);
         }
         Some("bridge") => {
-            let ports: Vec<u32> = snap.namespaces[out.ns].links.iter().filter(|x| x.master == Some(out.link)).map(|x| x.index).collect();
+            let ports: Vec<u32> =
+                snap.namespaces[out.ns].links.iter().filter(|x| x.master == Some(out.link)).map(|x| x.index).collect();
             for q in ports {
                 let qp = Port { ns: out.ns, link: q };
-                wire_from(snap, qp, &format!("bridge {} port {}", l.name, snap.namespaces[out.ns].ifname(q)), &mut eps, 0);
+                wire_from(
+                    snap,
+                    qp,
+                    &format!("bridge {} port {}", l.name, snap.namespaces[out.ns].ifname(q)),
+                    &mut eps,
+                    0,
+                );
             }
         }
         _ => wire_from(snap, out, "veth", &mut eps, 0),
@@ -686,9 +792,16 @@ fn receive_at(snap: &Snapshot, r: Port, how: &str, eps: &mut Vec<(Port, String)>
     if let Some(br) = l.master.filter(|b| ns.link(*b).and_then(|x| x.kind.as_deref()) == Some("bridge")) {
         let bname = ns.ifname(br);
         eps.push((Port { ns: r.ns, link: br }, format!("{how} {}, bridge {bname}", snap.port_name(r))));
-        let ports: Vec<u32> = ns.links.iter().filter(|x| x.master == Some(br) && x.index != r.link).map(|x| x.index).collect();
+        let ports: Vec<u32> =
+            ns.links.iter().filter(|x| x.master == Some(br) && x.index != r.link).map(|x| x.index).collect();
         for q in ports {
-            wire_from(snap, Port { ns: r.ns, link: q }, &format!("{how} {}, bridge {bname} port {}", snap.port_name(r), ns.ifname(q)), eps, depth + 1);
+            wire_from(
+                snap,
+                Port { ns: r.ns, link: q },
+                &format!("{how} {}, bridge {bname} port {}", snap.port_name(r), ns.ifname(q)),
+                eps,
+                depth + 1,
+            );
         }
         return;
     }

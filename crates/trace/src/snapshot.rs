@@ -144,7 +144,8 @@ impl NsSnap {
 
     /// Whether `ip` is one of this namespace's addresses.
     pub fn is_local(&self, ip: IpAddr) -> bool {
-        self.addrs.iter().any(|a| a.net.addr() == ip) || self.routes.iter().any(|r| r.table == 255 && r.kind == route::RouteKind::Local && r.dst.contains(&ip))
+        self.addrs.iter().any(|a| a.net.addr() == ip)
+            || self.routes.iter().any(|r| r.table == 255 && r.kind == route::RouteKind::Local && r.dst.contains(&ip))
     }
 
     /// The parsed iptables tables.
@@ -179,7 +180,11 @@ impl NsSnap {
 
 /// The kernel's default IPv4 rules.
 pub fn default_rules() -> Vec<Rule> {
-    vec![Rule::new(Family::V4, 255).priority(0), Rule::new(Family::V4, 254).priority(32766), Rule::new(Family::V4, 253).priority(32767)]
+    vec![
+        Rule::new(Family::V4, 255).priority(0),
+        Rule::new(Family::V4, 254).priority(32766),
+        Rule::new(Family::V4, 253).priority(32767),
+    ]
 }
 
 /// A set of namespaces and the lab they belong to (if any).
@@ -358,13 +363,17 @@ pub fn read_conf(src: &Source, s: &mut NsSnap, names: Vec<String>) -> Result<()>
 pub fn read(sources: &[Source]) -> Result<Snapshot> {
     let chunk = sources.len().div_ceil(4).max(1);
     let results: Vec<Result<NsSnap>> = std::thread::scope(|sc| {
-        let hs: Vec<_> = sources.chunks(chunk).map(|c| sc.spawn(move || c.iter().map(read_ns).collect::<Vec<_>>())).collect();
-        hs.into_iter().flat_map(|h| h.join().unwrap_or_else(|_| vec![Err(Error::Other("snapshot thread panicked".into()))])).collect()
+        let hs: Vec<_> =
+            sources.chunks(chunk).map(|c| sc.spawn(move || c.iter().map(read_ns).collect::<Vec<_>>())).collect();
+        hs.into_iter()
+            .flat_map(|h| h.join().unwrap_or_else(|_| vec![Err(Error::Other("snapshot thread panicked".into()))]))
+            .collect()
     });
     let mut namespaces = results.into_iter().collect::<Result<Vec<_>>>()?;
     // nsids: only namespaces with links pointing elsewhere need them.
     for (i, src) in sources.iter().enumerate() {
-        let wanted: std::collections::BTreeSet<i32> = namespaces[i].links.iter().filter_map(|l| l.link_netnsid).collect();
+        let wanted: std::collections::BTreeSet<i32> =
+            namespaces[i].links.iter().filter_map(|l| l.link_netnsid).collect();
         if wanted.is_empty() {
             continue;
         }
@@ -398,7 +407,9 @@ pub fn read(sources: &[Source]) -> Result<Snapshot> {
                 })
             })
             .collect();
-        hs.into_iter().flat_map(|h| h.join().unwrap_or_else(|_| vec![Err(Error::Other("snapshot thread panicked".into()))])).collect()
+        hs.into_iter()
+            .flat_map(|h| h.join().unwrap_or_else(|_| vec![Err(Error::Other("snapshot thread panicked".into()))]))
+            .collect()
     });
     conf_results.into_iter().collect::<Result<Vec<()>>>()?;
     let mut snap = Snapshot { namespaces, lab: None };
@@ -424,13 +435,17 @@ pub fn pods_for(state: &knit_lab::state::LabState, src: &str, dst: &str) -> std:
         if state.pods.contains_key(host) {
             out.insert(host.to_string());
         } else if let Ok(ip) = host.parse::<IpAddr>() {
-            out.extend(state.pods.values().filter(|p| p.ips.values().flatten().any(|a| *a == ip)).map(|p| p.name.clone()));
+            out.extend(
+                state.pods.values().filter(|p| p.ips.values().flatten().any(|a| *a == ip)).map(|p| p.name.clone()),
+            );
         }
     }
     for svc in &state.topology.services {
-        out.extend(knit_lab::Lab::service_endpoints(state, svc).into_iter().filter_map(|(ip, _)| {
-            state.pods.values().find(|p| p.primary_ip() == Some(ip)).map(|p| p.name.clone())
-        }));
+        out.extend(
+            knit_lab::Lab::service_endpoints(state, svc)
+                .into_iter()
+                .filter_map(|(ip, _)| state.pods.values().find(|p| p.primary_ip() == Some(ip)).map(|p| p.name.clone())),
+        );
     }
     out
 }
@@ -447,7 +462,11 @@ pub fn read_lab_for(name: &str, run_dir: &Path, src: &str, dst: &str) -> Result<
 
 /// The namespaces of a running lab, named by their part (`node1`, `overlay1`, `fabric`); with
 /// `trace = Some((src, dst))`, only the pods [`read_lab_for`] keeps.
-pub fn lab_sources(name: &str, run_dir: &Path, trace: Option<(&str, &str)>) -> Result<(Vec<Source>, knit_lab::state::LabState)> {
+pub fn lab_sources(
+    name: &str,
+    run_dir: &Path,
+    trace: Option<(&str, &str)>,
+) -> Result<(Vec<Source>, knit_lab::state::LabState)> {
     let lab = knit_lab::Lab::open(name, run_dir).map_err(|e| Error::Other(format!("open lab {name}: {e}")))?;
     let st = lab.state.clone();
     let keep = match trace {

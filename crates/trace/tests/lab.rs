@@ -60,19 +60,33 @@ impl Rng {
 
 fn seed() -> u64 {
     std::env::var("KNIT_TRACE_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
         t ^ (std::process::id() as u64) << 32 | 1
     })
 }
 
 fn kernel_agreement(name: &str, s: &Snapshot) {
     let lab = knit_lab::Lab::open(name, Path::new(DEFAULT_RUN_DIR)).expect("open lab");
-    let handles: Vec<Handle> = s.namespaces.iter().map(|n| Handle::in_netns(lab.netns(&n.name).expect("netns")).expect("handle")).collect();
-    let mut pool: Vec<IpAddr> = s.namespaces.iter().flat_map(|n| n.addrs.iter().map(|a| a.net.addr())).filter(|a| !a.is_loopback()).collect();
+    let handles: Vec<Handle> =
+        s.namespaces.iter().map(|n| Handle::in_netns(lab.netns(&n.name).expect("netns")).expect("handle")).collect();
+    let mut pool: Vec<IpAddr> =
+        s.namespaces.iter().flat_map(|n| n.addrs.iter().map(|a| a.net.addr())).filter(|a| !a.is_loopback()).collect();
     for svc in &s.lab.as_ref().expect("lab state").topology.services {
         pool.push(svc.cluster_ip);
     }
-    for extra in ["8.8.8.8", "10.233.64.200", "10.233.65.7", "172.16.9.9", "172.17.200.1", "198.51.100.77", "169.254.1.1", "10.233.0.99"] {
+    for extra in [
+        "8.8.8.8",
+        "10.233.64.200",
+        "10.233.65.7",
+        "172.16.9.9",
+        "172.17.200.1",
+        "198.51.100.77",
+        "169.254.1.1",
+        "10.233.0.99",
+    ] {
         pool.push(extra.parse().expect("ip"));
     }
     let marks = [0u32, 0, 0, 0x1, 0x4000, 0x4001, 0x2];
@@ -100,7 +114,14 @@ fn kernel_agreement(name: &str, s: &Snapshot) {
         let mark = *rng.pick(&marks);
         let q = fib::Query { iif: iif.map(|l| l.name.clone()), src, dst, mark };
         let model = fib::lookup(ns, &q);
-        let rq = RouteQuery { dst, src, iif: iif.map(|l| l.index), oif: None, mark: (mark != 0).then_some(mark), fib_match: false };
+        let rq = RouteQuery {
+            dst,
+            src,
+            iif: iif.map(|l| l.index),
+            oif: None,
+            mark: (mark != 0).then_some(mark),
+            fib_match: false,
+        };
         let kernel = route::get(&handles[ni], &rq);
         let kernel_fib = route::get(&handles[ni], &RouteQuery { fib_match: true, ..rq.clone() });
         let what = format!("{} {q:?}", ns.name);
@@ -142,7 +163,9 @@ fn kernel_agreement(name: &str, s: &Snapshot) {
         mismatches.len(),
         mismatches.iter().take(30).cloned().collect::<Vec<_>>().join("\n")
     );
-    eprintln!("kernel agreement: seed {seed}, 1000 queries: {compared} routes ({local} local), {errors} errors, all equal");
+    eprintln!(
+        "kernel agreement: seed {seed}, 1000 queries: {compared} routes ({local} local), {errors} errors, all equal"
+    );
     assert!(compared > 300 && errors > 20, "the queries should cover routes and errors ({compared}, {errors})");
 }
 
@@ -151,7 +174,14 @@ fn predict(s: &Snapshot, job: &Job) -> (bool, Vec<Trace>) {
     let src_ns = s.ns_index(&job.source).expect("source namespace");
     let proto = job.proto;
     let lab = s.lab.as_ref().expect("lab state");
-    let req = |endpoint: Option<IpAddr>| Request { src_ns, src_ip: None, dst: job.dst.ip(), dport: job.dst.port(), proto, endpoint };
+    let req = |endpoint: Option<IpAddr>| Request {
+        src_ns,
+        src_ip: None,
+        dst: job.dst.ip(),
+        dport: job.dst.port(),
+        proto,
+        endpoint,
+    };
     match &job.want {
         Want::Pod(p) => {
             let t = knit_trace::trace(s, &req(None));
@@ -187,13 +217,27 @@ fn probe_agreement(name: &str, s: &Snapshot) -> Vec<(Job, Vec<Trace>)> {
         assert_eq!((&job.source, &job.target, job.proto), (&cell.source, &cell.target, cell.proto));
         if ok != cell.ok {
             let why = traces.iter().map(render::trace_text).next().unwrap_or_default();
-            disagree.push(format!("{} → {} [{}]: probe {} ({}), trace {}\n{why}", job.source, job.target, job.proto.as_str(), cell.ok, cell.detail, ok));
+            disagree.push(format!(
+                "{} → {} [{}]: probe {} ({}), trace {}\n{why}",
+                job.source,
+                job.target,
+                job.proto.as_str(),
+                cell.ok,
+                cell.detail,
+                ok
+            ));
         }
         if !cell.ok {
             failing.push((job.clone(), traces));
         }
     }
-    assert!(disagree.is_empty(), "{} of {} cells disagree:\n{}", disagree.len(), cells.len(), disagree.iter().take(6).cloned().collect::<Vec<_>>().join("\n"));
+    assert!(
+        disagree.is_empty(),
+        "{} of {} cells disagree:\n{}",
+        disagree.len(),
+        cells.len(),
+        disagree.iter().take(6).cloned().collect::<Vec<_>>().join("\n")
+    );
     eprintln!("probe agreement: {} cells, {} failing, all predicted", cells.len(), failing.len());
     failing
 }
@@ -229,7 +273,17 @@ fn seed_walkthroughs(s: &Snapshot) {
     let node1 = lab.topology.node("node1").expect("node1").ip.addr();
     let remote = lab.pods.get("multinic2").and_then(|p| p.primary_ip());
     let (src_ns, _) = knit_trace::resolve_source(s, "extclient").expect("extclient");
-    let t = knit_trace::trace(s, &Request { src_ns, src_ip: None, dst: node1, dport: svc.node_port.expect("node port"), proto: Proto::Tcp, endpoint: remote });
+    let t = knit_trace::trace(
+        s,
+        &Request {
+            src_ns,
+            src_ip: None,
+            dst: node1,
+            dport: svc.node_port.expect("node port"),
+            proto: Proto::Tcp,
+            endpoint: remote,
+        },
+    );
     let text = render::trace_text(&t);
     eprintln!("{text}");
     assert!(t.endpoints.len() == 3 && t.endpoint == remote, "{text}");
@@ -237,7 +291,10 @@ fn seed_walkthroughs(s: &Snapshot) {
     assert!(n1.nat.iter().any(|n| n.starts_with("DNAT") && n.contains("KUBE-SEP")), "{text}");
     assert!(n1.nat.iter().any(|n| n.starts_with("MASQUERADE")), "{text}");
     assert_eq!(t.forward.delivered_to.as_deref(), Some("multinic2"), "{text}");
-    assert!(t.reply.as_ref().is_some_and(|r| r.hops.iter().any(|h| h.nat.iter().any(|n| n.starts_with("un-DNAT")))), "{text}");
+    assert!(
+        t.reply.as_ref().is_some_and(|r| r.hops.iter().any(|h| h.nat.iter().any(|n| n.starts_with("un-DNAT")))),
+        "{text}"
+    );
     assert!(t.delivered, "{text}");
 }
 
@@ -270,9 +327,21 @@ fn without_underlay_routes_trace_names_the_invalid_drop() {
     assert!(!failing.is_empty(), "the seeds' cells fail without the fix");
     for (job, traces) in &failing {
         for t in traces {
-            let d = t.drop.as_ref().unwrap_or_else(|| panic!("{} → {}: no drop\n{}", job.source, job.target, render::trace_text(t)));
-            assert_eq!(d.rule.as_deref(), Some("-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP"), "{}", render::trace_text(t));
-            assert!(s.namespaces[s.ns_index(&d.ns).expect("ns")].role == snapshot::Role::Node, "{}", render::trace_text(t));
+            let d = t
+                .drop
+                .as_ref()
+                .unwrap_or_else(|| panic!("{} → {}: no drop\n{}", job.source, job.target, render::trace_text(t)));
+            assert_eq!(
+                d.rule.as_deref(),
+                Some("-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP"),
+                "{}",
+                render::trace_text(t)
+            );
+            assert!(
+                s.namespaces[s.ns_index(&d.ns).expect("ns")].role == snapshot::Role::Node,
+                "{}",
+                render::trace_text(t)
+            );
         }
     }
     // doctor sees it too, on every node.

@@ -45,10 +45,7 @@ impl Sandbox {
     /// The test plugin's log lines, parsed.
     pub fn calls(&self) -> Vec<Value> {
         match std::fs::read_to_string(self.log()) {
-            Ok(s) => s
-                .lines()
-                .map(|l| serde_json::from_str(l).expect("log line"))
-                .collect(),
+            Ok(s) => s.lines().map(|l| serde_json::from_str(l).expect("log line")).collect(),
             Err(_) => Vec::new(),
         }
     }
@@ -85,15 +82,13 @@ pub struct Output {
 
 impl Output {
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {:?}", self.stdout))
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {:?}", self.stdout))
     }
 
     /// The CNI error printed on stdout; asserts a non-zero exit.
     pub fn error(&self) -> knit_cni::CniError {
         assert_ne!(self.code, 0, "expected failure, got {self:?}");
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("not a CNI error ({e}): {:?}", self.stdout))
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not a CNI error ({e}): {:?}", self.stdout))
     }
 }
 
@@ -107,16 +102,9 @@ pub fn run_plugin(plugin: &Path, env: &[(&str, &str)], stdin: &str) -> Output {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn plugin");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin.as_bytes())
-        .expect("write stdin");
+    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write stdin");
     let out = child.wait_with_output().expect("wait plugin");
     Output {
         code: out.status.code().unwrap_or(-1),
@@ -137,11 +125,7 @@ pub fn add_env(path: &str) -> Vec<(&str, &str)> {
 }
 
 /// Replaces (or adds) one variable.
-pub fn with<'a>(
-    mut env: Vec<(&'a str, &'a str)>,
-    key: &'a str,
-    value: &'a str,
-) -> Vec<(&'a str, &'a str)> {
+pub fn with<'a>(mut env: Vec<(&'a str, &'a str)>, key: &'a str, value: &'a str) -> Vec<(&'a str, &'a str)> {
     env.retain(|(k, _)| *k != key);
     env.push((key, value));
     env

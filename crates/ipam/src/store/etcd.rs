@@ -41,8 +41,8 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, KeyValue,
-    KvClient, TlsOptions, Txn, TxnOp, TxnOpResponse,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, KeyValue, KvClient, TlsOptions, Txn,
+    TxnOp, TxnOpResponse,
 };
 use ipnet::IpNet;
 
@@ -116,10 +116,7 @@ fn family_name(ip: &IpAddr) -> &'static str {
 
 fn handle_value(ip: &IpAddr, pool: &str, block: &IpNet) -> String {
     // Built by hand so that the bytes are the same every time (value compares).
-    format!(
-        "{{\"ip\":\"{ip}\",\"pool\":{},\"block\":\"{block}\"}}",
-        serde_json::Value::String(pool.to_string())
-    )
+    format!("{{\"ip\":\"{ip}\",\"pool\":{},\"block\":\"{block}\"}}", serde_json::Value::String(pool.to_string()))
 }
 
 /// What a handle value names.
@@ -144,26 +141,16 @@ enum Check {
 impl Check {
     fn key(&self) -> &str {
         match self {
-            Check::Block { key, .. }
-            | Check::HandleAbsent { key }
-            | Check::HandleIs { key, .. } => key,
+            Check::Block { key, .. } | Check::HandleAbsent { key } | Check::HandleIs { key, .. } => key,
         }
     }
 
     fn compare(&self) -> Compare {
         match self {
-            Check::Block { key, rev, .. } if *rev == 0 => {
-                Compare::create_revision(key.as_str(), CompareOp::Equal, 0)
-            }
-            Check::Block { key, rev, .. } => {
-                Compare::mod_revision(key.as_str(), CompareOp::Equal, *rev)
-            }
-            Check::HandleAbsent { key } => {
-                Compare::create_revision(key.as_str(), CompareOp::Equal, 0)
-            }
-            Check::HandleIs { key, value } => {
-                Compare::value(key.as_str(), CompareOp::Equal, value.as_str())
-            }
+            Check::Block { key, rev, .. } if *rev == 0 => Compare::create_revision(key.as_str(), CompareOp::Equal, 0),
+            Check::Block { key, rev, .. } => Compare::mod_revision(key.as_str(), CompareOp::Equal, *rev),
+            Check::HandleAbsent { key } => Compare::create_revision(key.as_str(), CompareOp::Equal, 0),
+            Check::HandleIs { key, value } => Compare::value(key.as_str(), CompareOp::Equal, value.as_str()),
         }
     }
 }
@@ -194,20 +181,14 @@ impl EtcdStore {
     }
 
     /// [`EtcdStore::connect`] under another key prefix.
-    pub fn connect_with_prefix(
-        cfg: &EtcdConfig,
-        data_dir: Option<&Path>,
-        prefix: &str,
-    ) -> Result<EtcdStore> {
+    pub fn connect_with_prefix(cfg: &EtcdConfig, data_dir: Option<&Path>, prefix: &str) -> Result<EtcdStore> {
         let endpoints = cfg.endpoints.join(",");
         let timeout = Duration::from_millis(cfg.timeout_ms);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| Error::io("tokio runtime", e))?;
-        let mut opts = ConnectOptions::new()
-            .with_connect_timeout(timeout)
-            .with_timeout(timeout);
+        let mut opts = ConnectOptions::new().with_connect_timeout(timeout).with_timeout(timeout);
         if cfg.ca_file.is_some() || cfg.cert_file.is_some() {
             let read = |p: &PathBuf| std::fs::read(p).map_err(|e| Error::io(p, e));
             let mut tls = TlsOptions::new();
@@ -221,15 +202,8 @@ impl EtcdStore {
         }
         let eps = cfg.endpoints.clone();
         let client = rt
-            .block_on(async {
-                tokio::time::timeout(timeout, Client::connect(eps, Some(opts))).await
-            })
-            .map_err(|_| {
-                Error::Busy(format!(
-                    "etcd {endpoints}: no connection within {} ms",
-                    timeout.as_millis()
-                ))
-            })?
+            .block_on(async { tokio::time::timeout(timeout, Client::connect(eps, Some(opts))).await })
+            .map_err(|_| Error::Busy(format!("etcd {endpoints}: no connection within {} ms", timeout.as_millis())))?
             .map_err(|e| match e {
                 etcd_client::Error::InvalidArgs(_) | etcd_client::Error::InvalidUri(_) => {
                     Error::config("etcdEndpoints", format!("{endpoints}: {e}"))
@@ -256,10 +230,7 @@ impl EtcdStore {
 
     /// (requests sent, compare-and-swap conflicts reported) by this handle so far.
     pub fn stats(&self) -> (u64, u64) {
-        (
-            self.requests.load(Ordering::Relaxed),
-            self.conflicts.load(Ordering::Relaxed),
-        )
+        (self.requests.load(Ordering::Relaxed), self.conflicts.load(Ordering::Relaxed))
     }
 
     fn kv(&self) -> KvClient {
@@ -274,27 +245,15 @@ impl EtcdStore {
     }
 
     /// Run one request, bounded by the timeout; failures are code 11.
-    fn run<T>(
-        &self,
-        what: &str,
-        fut: impl Future<Output = std::result::Result<T, etcd_client::Error>>,
-    ) -> Result<T> {
+    fn run<T>(&self, what: &str, fut: impl Future<Output = std::result::Result<T, etcd_client::Error>>) -> Result<T> {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let t = self.timeout;
-        match self
-            .rt
-            .block_on(async { tokio::time::timeout(t, fut).await })
-        {
+        match self.rt.block_on(async { tokio::time::timeout(t, fut).await }) {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(Error::Busy(format!(
-                "etcd {} ({what}): {e}",
-                self.endpoints
-            ))),
-            Err(_) => Err(Error::Busy(format!(
-                "etcd {} ({what}): no answer within {} ms",
-                self.endpoints,
-                t.as_millis()
-            ))),
+            Ok(Err(e)) => Err(Error::Busy(format!("etcd {} ({what}): {e}", self.endpoints))),
+            Err(_) => {
+                Err(Error::Busy(format!("etcd {} ({what}): no answer within {} ms", self.endpoints, t.as_millis())))
+            }
         }
     }
 
@@ -314,29 +273,15 @@ impl EtcdStore {
     }
 
     fn block_key(&self, pool: &str, cidr: &IpNet) -> String {
-        format!(
-            "{}{}_{}",
-            self.blocks_prefix(pool),
-            cidr.network(),
-            cidr.prefix_len()
-        )
+        format!("{}{}_{}", self.blocks_prefix(pool), cidr.network(), cidr.prefix_len())
     }
 
     fn handle_key(&self, cid: &str, ifname: &str, ip: &IpAddr) -> String {
-        format!(
-            "{}/handles/{}/{}/{}",
-            self.prefix,
-            escape(cid),
-            escape(ifname),
-            family_name(ip)
-        )
+        format!("{}/handles/{}/{}/{}", self.prefix, escape(cid), escape(ifname), family_name(ip))
     }
 
     fn corrupt(key: &[u8], msg: impl std::fmt::Display) -> Error {
-        Error::Corrupt {
-            path: PathBuf::from(String::from_utf8_lossy(key).into_owned()),
-            msg: msg.to_string(),
-        }
+        Error::Corrupt { path: PathBuf::from(String::from_utf8_lossy(key).into_owned()), msg: msg.to_string() }
     }
 
     fn parse_block(kv: &KeyValue) -> Result<BlockRecord> {
@@ -347,10 +292,7 @@ impl EtcdStore {
     fn handles_of(&self, pool: &str, block: &BlockRecord, out: &mut Vec<(String, String)>) {
         for a in &block.allocs {
             if let Some(cid) = &a.cid {
-                out.push((
-                    self.handle_key(cid, &a.ifname, &a.ip),
-                    handle_value(&a.ip, pool, &block.cidr),
-                ));
+                out.push((self.handle_key(cid, &a.ifname, &a.ip), handle_value(&a.ip, pool, &block.cidr)));
             }
         }
     }
@@ -384,12 +326,7 @@ impl EtcdStore {
         let mut diffs: BTreeMap<String, HandleDiff> = BTreeMap::new();
         for w in writes {
             let (pool, cidr, expect, new) = match *w {
-                BlockWrite::Put {
-                    pool,
-                    block,
-                    expect,
-                    ..
-                } => (pool, &block.cidr, expect, Some(block)),
+                BlockWrite::Put { pool, block, expect, .. } => (pool, &block.cidr, expect, Some(block)),
                 BlockWrite::Delete { pool, cidr, expect } => (pool, cidr, Some(expect), None),
             };
             let key = self.block_key(pool, cidr);
@@ -411,33 +348,24 @@ impl EtcdStore {
             for (k, v) in news {
                 diffs.entry(k).or_default().new.get_or_insert(v);
             }
-            let value =
-                match new {
-                    Some(b) => Some(serde_json::to_string(b).map_err(|e| {
-                        Self::corrupt(key.as_bytes(), format!("cannot encode: {e}"))
-                    })?),
-                    None => None,
-                };
-            plan.blocks.push((
-                Check::Block {
-                    key,
-                    rev: expect.unwrap_or(0) as i64,
-                    delete: new.is_none(),
-                },
-                value,
-            ));
+            let value = match new {
+                Some(b) => Some(
+                    serde_json::to_string(b)
+                        .map_err(|e| Self::corrupt(key.as_bytes(), format!("cannot encode: {e}")))?,
+                ),
+                None => None,
+            };
+            plan.blocks.push((Check::Block { key, rev: expect.unwrap_or(0) as i64, delete: new.is_none() }, value));
         }
         for (key, d) in diffs {
             match (d.old, d.new) {
                 (Some(a), Some(b)) if a == b => {}
                 (None, None) => {}
                 (None, Some(b)) => {
-                    plan.handles
-                        .insert(key.clone(), (Check::HandleAbsent { key }, Some(b)));
+                    plan.handles.insert(key.clone(), (Check::HandleAbsent { key }, Some(b)));
                 }
                 (Some(a), new) => {
-                    plan.handles
-                        .insert(key.clone(), (Check::HandleIs { key, value: a }, new));
+                    plan.handles.insert(key.clone(), (Check::HandleIs { key, value: a }, new));
                 }
             }
         }
@@ -474,12 +402,7 @@ impl EtcdStore {
         let txn = Txn::new()
             .when(checks.iter().map(Check::compare).collect::<Vec<_>>())
             .and_then(ops)
-            .or_else(
-                checks
-                    .iter()
-                    .map(|c| TxnOp::get(c.key(), None))
-                    .collect::<Vec<_>>(),
-            );
+            .or_else(checks.iter().map(|c| TxnOp::get(c.key(), None)).collect::<Vec<_>>());
         let mut kv = self.kv();
         let resp = self.run("txn", async move { kv.txn(txn).await })?;
         if resp.succeeded() {
@@ -514,9 +437,7 @@ impl EtcdStore {
                         }
                         continue;
                     }
-                    return Err(
-                        self.conflict(format!("{key}: expected revision {rev}, found {found}"))
-                    );
+                    return Err(self.conflict(format!("{key}: expected revision {rev}, found {found}")));
                 }
                 Check::HandleAbsent { key } => {
                     let Some(kv) = cur else { continue };
@@ -524,16 +445,7 @@ impl EtcdStore {
                     let want = plan.handles.get(key).and_then(|(_, v)| v.clone());
                     if want.as_deref() == Some(value.as_str()) {
                         // Already what we write (cannot normally happen): just rewrite it.
-                        plan.handles.insert(
-                            key.clone(),
-                            (
-                                Check::HandleIs {
-                                    key: key.clone(),
-                                    value,
-                                },
-                                want,
-                            ),
-                        );
+                        plan.handles.insert(key.clone(), (Check::HandleIs { key: key.clone(), value }, want));
                         adjusted = true;
                     } else if self.handle_is_live(&value, key)? {
                         return Err(self.conflict(format!(
@@ -541,16 +453,7 @@ impl EtcdStore {
                         )));
                     } else {
                         // Stale handle (its address is no longer held by the attachment).
-                        plan.handles.insert(
-                            key.clone(),
-                            (
-                                Check::HandleIs {
-                                    key: key.clone(),
-                                    value,
-                                },
-                                want,
-                            ),
-                        );
+                        plan.handles.insert(key.clone(), (Check::HandleIs { key: key.clone(), value }, want));
                         adjusted = true;
                     }
                 }
@@ -567,10 +470,7 @@ impl EtcdStore {
                             plan.handles.remove(key);
                         }
                         (Some(w), None) => {
-                            plan.handles.insert(
-                                key.clone(),
-                                (Check::HandleAbsent { key: key.clone() }, Some(w)),
-                            );
+                            plan.handles.insert(key.clone(), (Check::HandleAbsent { key: key.clone() }, Some(w)));
                         }
                         (Some(_), Some(other)) => {
                             return Err(self.conflict(format!(
@@ -602,22 +502,17 @@ impl EtcdStore {
             return Ok(false);
         };
         let block = Self::parse_block(&kv)?;
-        Ok(block.allocs.iter().any(|a| {
-            a.ip == h.ip
-                && a.cid
-                    .as_ref()
-                    .is_some_and(|cid| self.handle_key(cid, &a.ifname, &a.ip) == key)
-        }))
+        Ok(block
+            .allocs
+            .iter()
+            .any(|a| a.ip == h.ip && a.cid.as_ref().is_some_and(|cid| self.handle_key(cid, &a.ifname, &a.ip) == key)))
     }
 
     /// Delete everything under the prefix (tests, `knit ipam` maintenance).
     pub fn wipe(&self) -> Result<()> {
         let mut kv = self.kv();
         let p = format!("{}/", self.prefix);
-        self.run("delete", async move {
-            kv.delete(p, Some(etcd_client::DeleteOptions::new().with_prefix()))
-                .await
-        })?;
+        self.run("delete", async move { kv.delete(p, Some(etcd_client::DeleteOptions::new().with_prefix())).await })?;
         self.cache().clear();
         Ok(())
     }
@@ -647,12 +542,7 @@ impl EtcdStore {
                 return Ok(None);
             }
         }
-        let file = match OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-        {
+        let file = match OpenOptions::new().create(true).truncate(false).write(true).open(path) {
             Ok(f) => f,
             Err(_) => return Ok(None),
         };
@@ -665,16 +555,11 @@ impl EtcdStore {
                 return Ok(Some(file));
             }
             let err = std::io::Error::last_os_error();
-            if err.raw_os_error() != Some(libc::EWOULDBLOCK)
-                && err.raw_os_error() != Some(libc::EINTR)
-            {
+            if err.raw_os_error() != Some(libc::EWOULDBLOCK) && err.raw_os_error() != Some(libc::EINTR) {
                 return Err(Error::io(path, err));
             }
             if start.elapsed() >= self.lock_timeout {
-                return Err(Error::LockTimeout {
-                    path: path.clone(),
-                    waited_ms: start.elapsed().as_millis() as u64,
-                });
+                return Err(Error::LockTimeout { path: path.clone(), waited_ms: start.elapsed().as_millis() as u64 });
             }
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(5));
@@ -701,42 +586,31 @@ impl Store for EtcdStore {
 
     fn get_pool(&self, pool: &str) -> Result<Option<RawPool>> {
         match self.get(&self.pool_key(pool), None)?.first() {
-            Some(kv) => Ok(Some(
-                serde_json::from_slice(kv.value()).map_err(|e| Self::corrupt(kv.key(), e))?,
-            )),
+            Some(kv) => Ok(Some(serde_json::from_slice(kv.value()).map_err(|e| Self::corrupt(kv.key(), e))?)),
             None => Ok(None),
         }
     }
 
     fn put_pool(&self, pool: &RawPool) -> Result<()> {
         let key = self.pool_key(&pool.name);
-        let value = serde_json::to_string(pool)
-            .map_err(|e| Self::corrupt(key.as_bytes(), format!("cannot encode: {e}")))?;
+        let value =
+            serde_json::to_string(pool).map_err(|e| Self::corrupt(key.as_bytes(), format!("cannot encode: {e}")))?;
         let mut kv = self.kv();
         self.run("put", async move { kv.put(key, value, None).await })?;
         Ok(())
     }
 
     fn list_blocks(&self, pool: &str) -> Result<Vec<Versioned<BlockRecord>>> {
-        let kvs = self.get(
-            &self.blocks_prefix(pool),
-            Some(GetOptions::new().with_prefix()),
-        )?;
+        let kvs = self.get(&self.blocks_prefix(pool), Some(GetOptions::new().with_prefix()))?;
         let mut out = Vec::with_capacity(kvs.len());
         for kv in &kvs {
-            out.push(Versioned {
-                value: Self::parse_block(kv)?,
-                version: kv.mod_revision() as u64,
-            });
+            out.push(Versioned { value: Self::parse_block(kv)?, version: kv.mod_revision() as u64 });
         }
         out.sort_by_key(|b| b.value.cidr);
         let mut cache = self.cache();
         cache.retain(|(p, _), _| p != pool);
         for b in &out {
-            cache.insert(
-                (pool.to_string(), b.value.cidr),
-                (b.version, b.value.clone()),
-            );
+            cache.insert((pool.to_string(), b.value.cidr), (b.version, b.value.clone()));
         }
         Ok(out)
     }
@@ -748,16 +622,8 @@ impl Store for EtcdStore {
         expect: Option<Version>,
         changed: &[IpAddr],
     ) -> Result<Version> {
-        let v = self.write_blocks(&[BlockWrite::Put {
-            pool,
-            block,
-            expect,
-            changed,
-        }])?;
-        v.first()
-            .copied()
-            .flatten()
-            .ok_or_else(|| Error::Busy("etcd put without a version".into()))
+        let v = self.write_blocks(&[BlockWrite::Put { pool, block, expect, changed }])?;
+        v.first().copied().flatten().ok_or_else(|| Error::Busy("etcd put without a version".into()))
     }
 
     fn delete_block(&self, pool: &str, cidr: &IpNet, expect: Version) -> Result<()> {
@@ -768,16 +634,8 @@ impl Store for EtcdStore {
     fn check(&self) -> Result<()> {
         // A linearizable read needs a leader and a quorum: the store is usable for writes.
         let p = format!("{}/pools/", self.prefix);
-        self.get(
-            &p,
-            Some(
-                GetOptions::new()
-                    .with_prefix()
-                    .with_keys_only()
-                    .with_limit(1),
-            ),
-        )
-        .map_err(|e| Error::NotAvailable(e.to_string()))?;
+        self.get(&p, Some(GetOptions::new().with_prefix().with_keys_only().with_limit(1)))
+            .map_err(|e| Error::NotAvailable(e.to_string()))?;
         Ok(())
     }
 

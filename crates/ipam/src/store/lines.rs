@@ -46,9 +46,7 @@ fn unescape(s: &str) -> Cow<'_, str> {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' && i + 2 < b.len() {
-            let hex = std::str::from_utf8(&b[i + 1..i + 3])
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
             if let Some(v) = hex {
                 out.push(v);
                 i += 3;
@@ -68,13 +66,7 @@ fn opt(s: &str) -> Option<String> {
 fn push_alloc(out: &mut Vec<u8>, a: &AllocRecord) {
     out.extend_from_slice(b"S\t");
     out.extend_from_slice(a.ip.to_string().as_bytes());
-    for f in [
-        a.cid.as_deref(),
-        Some(a.ifname.as_str()),
-        Some(a.node.as_str()),
-        a.ns.as_deref(),
-        a.pod.as_deref(),
-    ] {
+    for f in [a.cid.as_deref(), Some(a.ifname.as_str()), Some(a.node.as_str()), a.ns.as_deref(), a.pod.as_deref()] {
         out.push(b'\t');
         escape_into(out, f.unwrap_or(""));
     }
@@ -123,15 +115,7 @@ fn parse_alloc(rest: &str) -> Option<AllocRecord> {
     let ns = opt(it.next()?);
     let pod = opt(it.next()?);
     let fixed = it.next()? == "f";
-    Some(AllocRecord {
-        ip,
-        cid,
-        ifname,
-        node,
-        ns,
-        pod,
-        fixed,
-    })
+    Some(AllocRecord { ip, cid, ifname, node, ns, pod, fixed })
 }
 
 /// A whole snapshot.
@@ -163,9 +147,7 @@ pub(crate) fn decode_snapshot(data: &[u8]) -> Result<(Version, BlockRecord), Str
     let mut ended = false;
     for (n, line) in lines.enumerate() {
         if let Some(rest) = line.strip_prefix("S\t") {
-            allocs.push(
-                parse_alloc(rest).ok_or_else(|| format!("bad allocation on line {}", n + 2))?,
-            );
+            allocs.push(parse_alloc(rest).ok_or_else(|| format!("bad allocation on line {}", n + 2))?);
         } else if line == "E" {
             ended = true;
             break;
@@ -177,23 +159,11 @@ pub(crate) fn decode_snapshot(data: &[u8]) -> Result<(Version, BlockRecord), Str
         return Err("no E end line".into());
     }
     allocs.sort_by_key(|a| a.ip);
-    Ok((
-        version,
-        BlockRecord {
-            cidr,
-            owner,
-            allocs,
-        },
-    ))
+    Ok((version, BlockRecord { cidr, owner, allocs }))
 }
 
 /// One journal entry: set `set`, delete `del`, owner becomes `owner`, version `version`.
-pub(crate) fn encode_entry(
-    version: Version,
-    owner: Option<&str>,
-    set: &[&AllocRecord],
-    del: &[IpAddr],
-) -> Vec<u8> {
+pub(crate) fn encode_entry(version: Version, owner: Option<&str>, set: &[&AllocRecord], del: &[IpAddr]) -> Vec<u8> {
     let mut out = Vec::with_capacity(32 + set.len() * 128 + del.len() * 24);
     out.extend_from_slice(b"O\t");
     escape_into(&mut out, owner.unwrap_or(""));
@@ -325,13 +295,7 @@ mod tests {
             owner: Some("node\n1".into()),
             allocs: vec![a("10.0.0.1", "c1")],
         };
-        r.allocs.push(AllocRecord {
-            cid: None,
-            ns: None,
-            pod: None,
-            fixed: false,
-            ..a("10.0.0.2", "x")
-        });
+        r.allocs.push(AllocRecord { cid: None, ns: None, pod: None, fixed: false, ..a("10.0.0.2", "x") });
         let enc = encode_snapshot(7, &r);
         assert_eq!(decode_snapshot(&enc).unwrap(), (7, r.clone()));
         assert!(decode_snapshot(&enc[..enc.len() - 2]).is_err());
@@ -344,32 +308,19 @@ mod tests {
         let x = a("10.0.0.1", "c1");
         let y = a("10.0.0.2", "c2");
         let mut log = encode_entry(2, Some("n1"), &[&x], &[]);
-        log.extend(encode_entry(
-            3,
-            Some("n1"),
-            &[&y],
-            &["10.0.0.1".parse().unwrap()],
-        ));
+        log.extend(encode_entry(3, Some("n1"), &[&y], &["10.0.0.1".parse().unwrap()]));
         let good = log.len();
         let torn = encode_entry(4, Some("n1"), &[&x], &[]);
         log.extend_from_slice(&torn[..torn.len() - 3]);
         let mut v = 1;
-        let mut rec = BlockRecord {
-            cidr: "10.0.0.0/26".parse().unwrap(),
-            owner: None,
-            allocs: vec![],
-        };
+        let mut rec = BlockRecord { cidr: "10.0.0.0/26".parse().unwrap(), owner: None, allocs: vec![] };
         let r = replay(&log, &mut v, &mut rec);
         assert_eq!((v, r.good_len, r.entries, r.gone), (3, good, 2, false));
         assert_eq!(rec.allocs, vec![y.clone()]);
         assert_eq!(rec.owner.as_deref(), Some("n1"));
         // Entries at or below the snapshot version are skipped.
         let mut v = 3;
-        let mut rec2 = BlockRecord {
-            cidr: rec.cidr,
-            owner: None,
-            allocs: vec![],
-        };
+        let mut rec2 = BlockRecord { cidr: rec.cidr, owner: None, allocs: vec![] };
         let r = replay(&log, &mut v, &mut rec2);
         assert!(!r.applied);
         assert!(rec2.allocs.is_empty());

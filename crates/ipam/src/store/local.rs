@@ -93,11 +93,7 @@ impl LocalStore {
     }
 
     /// A store in `dir` (created if missing).
-    pub fn with_options(
-        dir: impl Into<PathBuf>,
-        lock_timeout: Duration,
-        fsync: bool,
-    ) -> Result<LocalStore> {
+    pub fn with_options(dir: impl Into<PathBuf>, lock_timeout: Duration, fsync: bool) -> Result<LocalStore> {
         let dir = dir.into();
         let pools = dir.join("pools");
         if !pools.is_dir() {
@@ -108,21 +104,11 @@ impl LocalStore {
 
     /// A store that does not create anything up front (for inspection).
     pub fn open_existing(dir: impl Into<PathBuf>) -> LocalStore {
-        Self::new_unchecked(
-            dir.into(),
-            Duration::from_millis(DEFAULT_LOCK_TIMEOUT_MS),
-            false,
-        )
+        Self::new_unchecked(dir.into(), Duration::from_millis(DEFAULT_LOCK_TIMEOUT_MS), false)
     }
 
     fn new_unchecked(dir: PathBuf, lock_timeout: Duration, fsync: bool) -> LocalStore {
-        LocalStore {
-            dir,
-            lock_timeout,
-            fsync,
-            locked: AtomicBool::new(false),
-            cache: Mutex::new(HashMap::new()),
-        }
+        LocalStore { dir, lock_timeout, fsync, locked: AtomicBool::new(false), cache: Mutex::new(HashMap::new()) }
     }
 
     /// The data directory.
@@ -175,10 +161,7 @@ impl LocalStore {
             }
             let waited = start.elapsed();
             if waited >= timeout {
-                return Err(Error::LockTimeout {
-                    path,
-                    waited_ms: waited.as_millis() as u64,
-                });
+                return Err(Error::LockTimeout { path, waited_ms: waited.as_millis() as u64 });
             }
             std::thread::sleep(pause.min(timeout.saturating_sub(waited)));
             pause = (pause * 2).min(Duration::from_millis(2));
@@ -222,11 +205,7 @@ impl LocalStore {
     }
 
     fn append(&self, path: &Path, buf: &[u8]) -> Result<()> {
-        let mut f = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(path)
-            .map_err(|e| Error::io(path, e))?;
+        let mut f = OpenOptions::new().append(true).create(true).open(path).map_err(|e| Error::io(path, e))?;
         f.write_all(buf).map_err(|e| Error::io(path, e))?;
         if self.fsync {
             f.sync_data().map_err(|e| Error::io(path, e))?;
@@ -234,18 +213,8 @@ impl LocalStore {
         Ok(())
     }
 
-    fn write_snapshot(
-        &self,
-        dir: &Path,
-        base: &str,
-        version: Version,
-        block: &BlockRecord,
-    ) -> Result<()> {
-        self.write_atomic(
-            dir,
-            &format!("{base}.blk"),
-            &lines::encode_snapshot(version, block),
-        )
+    fn write_snapshot(&self, dir: &Path, base: &str, version: Version, block: &BlockRecord) -> Result<()> {
+        self.write_atomic(dir, &format!("{base}.blk"), &lines::encode_snapshot(version, block))
     }
 
     /// Read one block from its snapshot and journal. `None` if it does not exist (or was
@@ -261,32 +230,17 @@ impl LocalStore {
         let snap_path = dir.join(format!("{base}.blk"));
         let log_path = dir.join(format!("{base}.log"));
         let Some(cidr) = parse_base_name(base) else {
-            return Err(Error::Corrupt {
-                path: snap_path,
-                msg: "file name is not <net>_<len>".into(),
-            });
+            return Err(Error::Corrupt { path: snap_path, msg: "file name is not <net>_<len>".into() });
         };
-        let (mut version, mut record) = (
-            0,
-            BlockRecord {
-                cidr,
-                owner: None,
-                allocs: Vec::new(),
-            },
-        );
+        let (mut version, mut record) = (0, BlockRecord { cidr, owner: None, allocs: Vec::new() });
         let mut exists = false;
         if has_snap {
             match read_into(&snap_path, buf) {
                 Ok(()) => {
-                    let (v, rec) = lines::decode_snapshot(buf).map_err(|msg| Error::Corrupt {
-                        path: snap_path.clone(),
-                        msg,
-                    })?;
+                    let (v, rec) =
+                        lines::decode_snapshot(buf).map_err(|msg| Error::Corrupt { path: snap_path.clone(), msg })?;
                     if rec.cidr != cidr {
-                        return Err(Error::Corrupt {
-                            path: snap_path,
-                            msg: format!("holds block {}", rec.cidr),
-                        });
+                        return Err(Error::Corrupt { path: snap_path, msg: format!("holds block {}", rec.cidr) });
                     }
                     version = v;
                     record = rec;
@@ -314,12 +268,8 @@ impl LocalStore {
             if r.good_len < data.len() && self.is_locked() {
                 // An incomplete last entry: its writer died before returning. Cut it off so
                 // the next append starts clean.
-                let f = OpenOptions::new()
-                    .write(true)
-                    .open(&log_path)
-                    .map_err(|e| Error::io(&log_path, e))?;
-                f.set_len(r.good_len as u64)
-                    .map_err(|e| Error::io(&log_path, e))?;
+                let f = OpenOptions::new().write(true).open(&log_path).map_err(|e| Error::io(&log_path, e))?;
+                f.set_len(r.good_len as u64).map_err(|e| Error::io(&log_path, e))?;
             }
         }
         if gone || !exists {
@@ -368,12 +318,7 @@ impl Store for LocalStore {
     fn get_pool(&self, pool: &str) -> Result<Option<RawPool>> {
         let path = self.pool_dir(pool).join(POOL_FILE);
         match fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map(Some)
-                .map_err(|e| Error::Corrupt {
-                    path,
-                    msg: e.to_string(),
-                }),
+            Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| Error::Corrupt { path, msg: e.to_string() }),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::io(&path, e)),
         }
@@ -384,10 +329,7 @@ impl Store for LocalStore {
         if !dir.is_dir() {
             fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         }
-        let data = serde_json::to_vec(pool).map_err(|e| Error::Corrupt {
-            path: dir.clone(),
-            msg: e.to_string(),
-        })?;
+        let data = serde_json::to_vec(pool).map_err(|e| Error::Corrupt { path: dir.clone(), msg: e.to_string() })?;
         self.write_atomic(&dir, POOL_FILE, &data)
     }
 
@@ -424,15 +366,11 @@ impl Store for LocalStore {
         let mut cache = self.cache();
         let mut buf = Vec::with_capacity(16 * 1024);
         for (base, (has_snap, has_log)) in names {
-            let Some((version, record, lines)) = self.read_block(&dir, &base, has_snap, has_log, &mut buf)?
-            else {
+            let Some((version, record, lines)) = self.read_block(&dir, &base, has_snap, has_log, &mut buf)? else {
                 continue;
             };
             cache.insert((pool.to_string(), record.cidr), Cached { version, lines });
-            out.push(Versioned {
-                value: record,
-                version,
-            });
+            out.push(Versioned { value: record, version });
         }
         Ok(out)
     }
@@ -451,23 +389,14 @@ impl Store for LocalStore {
         let Some(expect) = expect else {
             // Claim: the block must not exist.
             if dir.join(format!("{base}.blk")).exists() {
-                return Err(Error::Conflict(format!(
-                    "block {} of pool {pool} already exists",
-                    block.cidr
-                )));
+                return Err(Error::Conflict(format!("block {} of pool {pool} already exists", block.cidr)));
             }
             if !dir.is_dir() {
                 fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
             }
             Self::remove_if_exists(&dir.join(format!("{base}.log")))?;
             self.write_snapshot(&dir, &base, 1, block)?;
-            cache.insert(
-                key,
-                Cached {
-                    version: 1,
-                    lines: 0,
-                },
-            );
+            cache.insert(key, Cached { version: 1, lines: 0 });
             return Ok(1);
         };
         let version = expect + 1;
@@ -483,10 +412,7 @@ impl Store for LocalStore {
                         Err(_) => del.push(*ip),
                     }
                 }
-                self.append(
-                    &log,
-                    &lines::encode_entry(version, block.owner.as_deref(), &set, &del),
-                )?;
+                self.append(&log, &lines::encode_entry(version, block.owner.as_deref(), &set, &del))?;
                 cache.insert(key, Cached { version, lines });
             }
             _ => {
@@ -522,13 +448,11 @@ impl Store for LocalStore {
         fs::create_dir_all(&pools)
             .map_err(|e| Error::NotAvailable(format!("cannot create {}: {e}", pools.display())))?;
         let probe = self.dir.join(format!(".probe.{}", std::process::id()));
-        fs::write(&probe, b"ok").map_err(|e| {
-            Error::NotAvailable(format!("{} is not writable: {e}", self.dir.display()))
-        })?;
+        fs::write(&probe, b"ok")
+            .map_err(|e| Error::NotAvailable(format!("{} is not writable: {e}", self.dir.display())))?;
         let _ = fs::remove_file(&probe);
-        let lock = self
-            .lock(self.lock_timeout.min(Duration::from_secs(2)))
-            .map_err(|e| Error::NotAvailable(e.to_string()))?;
+        let lock =
+            self.lock(self.lock_timeout.min(Duration::from_secs(2))).map_err(|e| Error::NotAvailable(e.to_string()))?;
         drop(lock);
         Ok(())
     }
@@ -568,24 +492,9 @@ mod tests {
         let s = LocalStore::open(d.path()).unwrap();
         let cidr: IpNet = "10.0.0.0/26".parse().unwrap();
         s.exclusive(|| {
-            let v = s.put_block(
-                "p",
-                &rec("10.0.0.0/26", &["10.0.0.1"]),
-                None,
-                &[ip("10.0.0.1")],
-            )?;
-            let v = s.put_block(
-                "p",
-                &rec("10.0.0.0/26", &["10.0.0.1", "10.0.0.2"]),
-                Some(v),
-                &[ip("10.0.0.2")],
-            )?;
-            let v = s.put_block(
-                "p",
-                &rec("10.0.0.0/26", &["10.0.0.2"]),
-                Some(v),
-                &[ip("10.0.0.1")],
-            )?;
+            let v = s.put_block("p", &rec("10.0.0.0/26", &["10.0.0.1"]), None, &[ip("10.0.0.1")])?;
+            let v = s.put_block("p", &rec("10.0.0.0/26", &["10.0.0.1", "10.0.0.2"]), Some(v), &[ip("10.0.0.2")])?;
+            let v = s.put_block("p", &rec("10.0.0.0/26", &["10.0.0.2"]), Some(v), &[ip("10.0.0.1")])?;
             assert_eq!(v, 3);
             Ok(())
         })
@@ -600,8 +509,7 @@ mod tests {
         let log = d.path().join("pools/p/10.0.0.0_26.log");
         let before = fs::read(&log).unwrap();
         let mut f = OpenOptions::new().append(true).open(&log).unwrap();
-        f.write_all(b"O\tn1\nS\t10.0.0.9\tc\teth0\tn1\t\t\t\nC\t")
-            .unwrap();
+        f.write_all(b"O\tn1\nS\t10.0.0.9\tc\teth0\tn1\t\t\t\nC\t").unwrap();
         drop(f);
         let blocks = s2.exclusive(|| s2.list_blocks("p")).unwrap();
         assert_eq!(blocks[0].value, rec("10.0.0.0/26", &["10.0.0.2"]));
@@ -617,19 +525,12 @@ mod tests {
                     changed.push(ip(&p));
                 }
                 changed.sort();
-                v = s2.put_block(
-                    "p",
-                    &rec("10.0.0.0/26", &["10.0.0.2", &x]),
-                    Some(v),
-                    &changed,
-                )?;
+                v = s2.put_block("p", &rec("10.0.0.0/26", &["10.0.0.2", &x]), Some(v), &changed)?;
             }
             Ok(())
         })
         .unwrap();
-        let lines = fs::read_to_string(&log)
-            .map(|s| s.lines().count())
-            .unwrap_or(0);
+        let lines = fs::read_to_string(&log).map(|s| s.lines().count()).unwrap_or(0);
         assert!(lines < COMPACT_LINES, "{lines}");
         let s3 = LocalStore::open(d.path()).unwrap();
         let blocks = s3.exclusive(|| s3.list_blocks("p")).unwrap();
@@ -637,8 +538,7 @@ mod tests {
         let last = format!("10.0.0.{}", (COMPACT_LINES as u8 + 4) % 60 + 3);
         assert_eq!(blocks[0].value, rec("10.0.0.0/26", &["10.0.0.2", &last]));
         // Delete with a tombstone; a crash between tombstone and unlink reads as deleted.
-        s3.exclusive(|| s3.delete_block("p", &cidr, blocks[0].version))
-            .unwrap();
+        s3.exclusive(|| s3.delete_block("p", &cidr, blocks[0].version)).unwrap();
         assert!(s3.exclusive(|| s3.list_blocks("p")).unwrap().is_empty());
         s3.exclusive(|| {
             s3.put_block("p", &rec("10.0.0.0/26", &["10.0.0.1"]), None, &[])?;

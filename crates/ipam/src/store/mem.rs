@@ -73,11 +73,7 @@ impl Store for MemStore {
 
     fn list_pools(&self) -> Result<Vec<String>> {
         let d = self.data();
-        let mut v: Vec<String> = d
-            .iter()
-            .filter(|(_, e)| e.meta.is_some())
-            .map(|(k, _)| k.clone())
-            .collect();
+        let mut v: Vec<String> = d.iter().filter(|(_, e)| e.meta.is_some()).map(|(k, _)| k.clone()).collect();
         v.sort();
         Ok(v)
     }
@@ -95,15 +91,7 @@ impl Store for MemStore {
         Ok(self
             .data()
             .get(pool)
-            .map(|e| {
-                e.blocks
-                    .values()
-                    .map(|(b, v)| Versioned {
-                        value: b.clone(),
-                        version: *v,
-                    })
-                    .collect()
-            })
+            .map(|e| e.blocks.values().map(|(b, v)| Versioned { value: b.clone(), version: *v }).collect())
             .unwrap_or_default())
     }
 
@@ -142,9 +130,7 @@ impl Store for MemStore {
             }
             Some(v) => {
                 drop(d);
-                Err(self.conflict(format!(
-                    "delete block {cidr} of pool {pool}: expected version {expect}, found {v}"
-                )))
+                Err(self.conflict(format!("delete block {cidr} of pool {pool}: expected version {expect}, found {v}")))
             }
         }
     }

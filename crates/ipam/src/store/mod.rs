@@ -92,18 +92,9 @@ pub struct AllocRecord {
 #[derive(Debug, Clone, Copy)]
 pub enum BlockWrite<'a> {
     /// [`Store::put_block`].
-    Put {
-        pool: &'a str,
-        block: &'a BlockRecord,
-        expect: Option<Version>,
-        changed: &'a [IpAddr],
-    },
+    Put { pool: &'a str, block: &'a BlockRecord, expect: Option<Version>, changed: &'a [IpAddr] },
     /// [`Store::delete_block`].
-    Delete {
-        pool: &'a str,
-        cidr: &'a IpNet,
-        expect: Version,
-    },
+    Delete { pool: &'a str, cidr: &'a IpNet, expect: Version },
 }
 
 /// Where allocations live. See the module doc for the granularity.
@@ -151,12 +142,9 @@ pub trait Store {
         let mut out = Vec::with_capacity(writes.len());
         for w in writes {
             match *w {
-                BlockWrite::Put {
-                    pool,
-                    block,
-                    expect,
-                    changed,
-                } => out.push(Some(self.put_block(pool, block, expect, changed)?)),
+                BlockWrite::Put { pool, block, expect, changed } => {
+                    out.push(Some(self.put_block(pool, block, expect, changed)?))
+                }
                 BlockWrite::Delete { pool, cidr, expect } => {
                     self.delete_block(pool, cidr, expect)?;
                     out.push(None);

@@ -21,11 +21,7 @@ pub struct Etcd {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn temp_root() -> PathBuf {
@@ -47,10 +43,7 @@ impl Etcd {
         for _ in 0..5 {
             let mut e = Etcd {
                 child: None,
-                dir: tempfile::Builder::new()
-                    .prefix("knit-etcd-")
-                    .tempdir_in(temp_root())
-                    .unwrap(),
+                dir: tempfile::Builder::new().prefix("knit-etcd-").tempdir_in(temp_root()).unwrap(),
                 client_port: free_port(),
                 peer_port: free_port(),
             };
@@ -77,11 +70,7 @@ impl Etcd {
     fn spawn(&mut self) {
         let client = self.endpoint();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("etcd.log"))
-            .unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("etcd.log")).unwrap();
         let mut cmd = Command::new(ETCD);
         cmd.args(["--name", "knit-test"])
             .arg("--data-dir")
@@ -92,14 +81,7 @@ impl Etcd {
             .args(["--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &format!("knit-test={peer}")])
             .args(["--initial-cluster-state", "new"])
-            .args([
-                "--logger",
-                "zap",
-                "--log-outputs",
-                "stderr",
-                "--log-level",
-                "warn",
-            ])
+            .args(["--logger", "zap", "--log-outputs", "stderr", "--log-level", "warn"])
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
@@ -135,9 +117,7 @@ impl Etcd {
             return false;
         };
         let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-        if s.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-            .is_err()
-        {
+        if s.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").is_err() {
             return false;
         }
         let mut out = String::new();
@@ -157,10 +137,7 @@ impl Etcd {
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
-        assert!(
-            self.wait_ready(Duration::from_secs(15)),
-            "etcd did not restart"
-        );
+        assert!(self.wait_ready(Duration::from_secs(15)), "etcd did not restart");
     }
 
     pub fn running(&mut self) -> bool {
