@@ -4,6 +4,7 @@
 pub mod delegate;
 pub mod env;
 pub mod error;
+pub mod keys;
 pub mod log;
 pub mod runtime;
 pub mod skel;
