@@ -64,3 +64,15 @@ pub fn can_run(test: &str, problems: &[String]) -> bool {
     eprintln!("SKIP {test}: {why}");
     false
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_tools_name_their_package() {
+        let needs = [Tool { bin: "sh", package: "dash" }, Tool { bin: "knit-no-such-tool", package: "knit-pkg" }];
+        assert_eq!(missing(&needs), vec!["knit-no-such-tool (Debian package knit-pkg)".to_string()]);
+        assert!(can_run("nothing missing", &[]));
+    }
+}
