@@ -172,7 +172,7 @@ pub fn pod_args(name: &str, container_id: &str) -> Vec<(String, String)> {
 }
 
 /// A 64-hex-character container ID, unique in its first 12 characters for (`i`, `kind`) (the
-/// coordinator names its host veth after the first 11).
+/// coordinator named its host veth after the first 11 before it hashed the whole ID).
 pub fn container_id(i: usize, kind: u8) -> String {
     format!("{i:011x}{kind:x}{:052x}", 0xb3c4u32)
 }

@@ -21,6 +21,7 @@
 
 mod chain;
 pub mod cni;
+pub mod coordinator_scale;
 mod etcd;
 pub mod ipam;
 pub mod lab;

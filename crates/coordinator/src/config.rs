@@ -1,11 +1,13 @@
 //! knit-coordinator's configuration. Field names and defaults are Spiderpool's coordinator's,
 //! so a user can switch by changing `type` only (DESIGN.md section 4). Unknown fields are
-//! ignored here and passed through by the runtime.
+//! ignored (a conflist carries other plugins' keys), with one warning each in the log
+//! ([`warn_unknown_keys`]), naming the closest known key.
 //!
 //! CIDRs (`overlayPodCIDR`, `serviceCIDR`, `hijackCIDR`) come from the config; those absent
 //! there are read from a node-local file the agent writes (`cidrFile`, default
 //! `/var/lib/knit/coordinator.json`, same field names). ADD, DEL and CHECK never call a
-//! control plane.
+//! control plane. Where the cluster CIDRs came from is kept ([`CidrSource`]): a mode that
+//! needs them fails loudly when there are none (the plan decides which modes do).
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -29,6 +31,68 @@ pub const MARK_RULE_PRIORITY: u32 = 1000;
 /// a fixed value keeps them stable across restarts and ahead of `main`).
 pub const SOURCE_RULE_PRIORITY: u32 = 1100;
 pub const REPLY_MARK: u32 = 0x1;
+
+/// The configuration keys the coordinator knows: Spiderpool's coordinator's fields, knit's own
+/// (`cidrFile`, `nodeIPs`), and Spiderpool's fields that knit ignores ([`IGNORED_KEYS`]).
+pub const KNOWN_KEYS: &[&str] = &[
+    "mode",
+    "podDefaultCniNic",
+    "tunePodRoutes",
+    "podDefaultRouteNic",
+    "overlayPodCIDR",
+    "serviceCIDR",
+    "hijackCIDR",
+    "policyRoutes",
+    "hostRuleTable",
+    "podRPFilter",
+    "txQueueLen",
+    "podMACPrefix",
+    "vethLinkAddress",
+    "vethMTU",
+    "logOptions",
+    "cidrFile",
+    "nodeIPs",
+    "detectIPConflict",
+    "detectGateway",
+    "detectOptions",
+    "hostRPFilter",
+    "multusNicPrefix",
+    "podCIDRType",
+];
+
+/// Spiderpool fields a migrated configuration may still carry, which knit-coordinator accepts
+/// and ignores, and why.
+pub const IGNORED_KEYS: &[(&str, &str)] = &[
+    ("detectIPConflict", "conflict detection is an IPAM job (knit-ipam's detectIPConflict)"),
+    ("detectGateway", "gateway detection is an IPAM job (knit-ipam's detectGateway)"),
+    ("detectOptions", "detection is an IPAM job (knit-ipam)"),
+    ("hostRPFilter", "Spiderpool removed it too: the node's rp_filter is left alone"),
+    ("multusNicPrefix", "Spiderpool parses it and never uses it"),
+    ("podCIDRType", "the cluster CIDRs come from the config or the agent's CIDR file"),
+];
+
+/// Logs one warning per key of the plugin configuration that the coordinator does not know
+/// (naming the closest known key) and one note per Spiderpool key it ignores.
+pub fn warn_unknown_keys(conf: &PluginConf) {
+    let extra = Value::Object(conf.extra.clone());
+    knit_cni::keys::warn_unknown("knit-coordinator config", &extra, KNOWN_KEYS);
+    for (key, why) in IGNORED_KEYS {
+        if conf.extra.contains_key(*key) {
+            tracing::info!("knit-coordinator config: {key:?} is ignored: {why}");
+        }
+    }
+}
+
+/// Where the cluster CIDRs (overlay pods, Services) came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CidrSource {
+    /// `overlayPodCIDR` or `serviceCIDR` is in the config (an empty list is a choice too).
+    Config,
+    /// From the node agent's CIDR file.
+    File(PathBuf),
+    /// Neither: the config has none and the file does not exist (yet).
+    Missing(PathBuf),
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -105,6 +169,8 @@ pub struct Conf {
     pub veth_link_address: Option<IpNet>,
     pub veth_mtu: u32,
     pub node_ips: Vec<IpAddr>,
+    /// Where `overlay_pod_cidr` and `service_cidr` came from.
+    pub cidr_source: CidrSource,
 }
 
 fn bad(field: &str, msg: impl std::fmt::Display) -> CniError {
@@ -183,6 +249,7 @@ impl Conf {
                 veth_link_address: None,
                 veth_mtu: 1500,
                 node_ips: Vec::new(),
+                cidr_source: CidrSource::Config,
             },
         }
     }
@@ -260,7 +327,14 @@ impl Conf {
 
         // CIDRs: the config's, else the agent's file.
         let need_file = raw.overlay_pod_cidr.is_none() || raw.service_cidr.is_none() || raw.hijack_cidr.is_none();
-        let file = if need_file { read_cidr_file(raw.cidr_file.as_deref())? } else { CidrFile::default() };
+        let path = raw.cidr_file.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CIDR_FILE));
+        let file = if need_file { read_cidr_file(&path)? } else { Some(CidrFile::default()) };
+        let cidr_source = match &file {
+            _ if raw.overlay_pod_cidr.is_some() || raw.service_cidr.is_some() => CidrSource::Config,
+            Some(_) => CidrSource::File(path.clone()),
+            None => CidrSource::Missing(path.clone()),
+        };
+        let file = file.unwrap_or_default();
         let overlay_pod_cidr =
             parse_cidrs("overlayPodCIDR", raw.overlay_pod_cidr.as_deref().unwrap_or(&file.overlay_pod_cidr))?;
         let service_cidr = parse_cidrs("serviceCIDR", raw.service_cidr.as_deref().unwrap_or(&file.service_cidr))?;
@@ -296,6 +370,7 @@ impl Conf {
             veth_link_address,
             veth_mtu,
             node_ips,
+            cidr_source,
         })
     }
 
@@ -311,13 +386,15 @@ impl Conf {
     }
 }
 
-fn read_cidr_file(path: Option<&std::path::Path>) -> Result<CidrFile, CniError> {
-    let explicit = path.is_some();
-    let path = path.map(PathBuf::from).unwrap_or_else(|| PathBuf::from(DEFAULT_CIDR_FILE));
-    match std::fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| bad("cidrFile", format!("{}: {e}", path.display()))),
-        // Without the agent's file there is nothing to hijack; an explicit path must exist.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => Ok(CidrFile::default()),
+/// The agent's CIDR file, `None` when it does not exist (yet): whether that matters depends on
+/// the mode ([`CidrSource::Missing`]). A file that exists but cannot be read or parsed is a
+/// configuration error.
+fn read_cidr_file(path: &std::path::Path) -> Result<Option<CidrFile>, CniError> {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes).map(Some).map_err(|e| bad("cidrFile", format!("{}: {e}", path.display())))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(bad("cidrFile", format!("{}: {e}", path.display()))),
     }
 }
@@ -353,6 +430,27 @@ mod tests {
         assert_eq!(c.host_rule_table, 500);
         assert_eq!(c.pod_rp_filter, Some(0));
         assert_eq!(c.veth_mtu, 1500);
+        assert_eq!(c.cidr_source, CidrSource::Config);
+    }
+
+    #[test]
+    fn known_keys_cover_every_field_of_the_raw_config() {
+        // Every field RawConf reads is a known key (a renamed field would otherwise warn).
+        let all = serde_json::json!({
+            "mode": "auto", "podDefaultCniNic": "eth0", "tunePodRoutes": true, "podDefaultRouteNic": "",
+            "overlayPodCIDR": [], "serviceCIDR": [], "hijackCIDR": [], "policyRoutes": [], "hostRuleTable": 500,
+            "podRPFilter": 0, "txQueueLen": 0, "podMACPrefix": "", "vethLinkAddress": "", "vethMTU": 1500,
+            "logOptions": {}, "cidrFile": "/x", "nodeIPs": []
+        });
+        let map = all.as_object().unwrap();
+        assert!(knit_cni::keys::unknown_keys(map, KNOWN_KEYS).is_empty());
+        let typo = serde_json::json!({"vethMut": 1400, "podDefaultRouteNIC": "net1"});
+        let u = knit_cni::keys::unknown_keys(typo.as_object().unwrap(), KNOWN_KEYS);
+        assert_eq!(u[0].closest, Some("vethMTU"));
+        assert_eq!(u[1].closest, Some("podDefaultRouteNic"));
+        for (k, _) in IGNORED_KEYS {
+            assert!(KNOWN_KEYS.contains(k), "{k}");
+        }
     }
 
     #[test]
@@ -409,8 +507,17 @@ mod tests {
         // The config wins over the file.
         let c = parse(&format!(r#"{{"cidrFile":"{}","serviceCIDR":["10.96.0.0/12"]}}"#, f.display())).unwrap();
         assert_eq!(c.service_cidr[0].to_string(), "10.96.0.0/12");
-        let e = parse(r#"{"cidrFile":"/nonexistent/knit.json"}"#).unwrap_err();
-        assert!(e.msg.contains("cidrFile"));
+        assert_eq!(c.cidr_source, CidrSource::Config);
+        let c = parse(&format!(r#"{{"cidrFile":"{}"}}"#, f.display())).unwrap();
+        assert_eq!(c.cidr_source, CidrSource::File(f.clone()));
+        // A missing file is not an error here: whether the mode needs the CIDRs decides.
+        let c = parse(r#"{"cidrFile":"/nonexistent/knit.json"}"#).unwrap();
+        assert_eq!(c.cidr_source, CidrSource::Missing("/nonexistent/knit.json".into()));
+        assert!(c.hijack_routes().is_empty());
+        // A file that is not JSON is a configuration error naming the field.
+        std::fs::write(&f, "not json").unwrap();
+        let e = parse(&format!(r#"{{"cidrFile":"{}"}}"#, f.display())).unwrap_err();
+        assert!(e.code == 7 && e.msg.contains("cidrFile"), "{}", e.msg);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

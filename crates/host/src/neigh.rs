@@ -136,29 +136,53 @@ pub fn del(h: &Handle, index: u32, ip: IpAddr) -> Result<()> {
 }
 
 /// Lists entries, optionally of one family and/or one interface.
+///
+/// Both filters are applied by the kernel: the family in the request header, the interface as
+/// `NDA_IFINDEX` (which the kernel honours in a neighbour dump with or without strict
+/// checking), so a node with thousands of entries sends only those asked for.
 pub fn list(h: &Handle, family: Option<Family>, index: Option<u32>) -> Result<Vec<Neighbour>> {
     let mut req = NeighbourMessage::default();
     req.header.family = family.map(Family::to_nl).unwrap_or(AddressFamily::Unspec);
-    let msgs = h.dump(RouteNetlinkMessage::GetNeighbour(req), || "list neighbours".to_string())?;
-    let mut out = Vec::new();
-    for m in msgs {
-        let RouteNetlinkMessage::NewNeighbour(m) = m else { continue };
-        let Some(fam) = Family::from_nl(m.header.family) else { continue };
-        if family.is_some_and(|f| f != fam) || index.is_some_and(|i| i != m.header.ifindex) {
-            continue;
-        }
-        let mut ip = None;
-        let mut lladdr = None;
-        for attr in &m.attributes {
-            match attr {
-                NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => ip = Some(IpAddr::V4(*a)),
-                NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => ip = Some(IpAddr::V6(*a)),
-                NeighbourAttribute::LinkLayerAddress(b) => lladdr = Mac::from_slice(b),
-                _ => {}
-            }
-        }
-        let Some(ip) = ip else { continue };
-        out.push(Neighbour { index: m.header.ifindex, ip, lladdr, state: NeighState::from_nl(m.header.state) });
+    if let Some(i) = index {
+        req.attributes.push(NeighbourAttribute::IfIndex(i));
     }
-    Ok(out)
+    let msgs = h.dump(RouteNetlinkMessage::GetNeighbour(req), || match index {
+        Some(i) => format!("list neighbours dev #{i}"),
+        None => "list neighbours".to_string(),
+    })?;
+    // Filtered again here: a kernel that ignores the filter must not widen the answer.
+    Ok(msgs
+        .into_iter()
+        .filter_map(parse)
+        .filter(|n| family.is_none_or(|f| f == Family::of(&n.ip)) && index.is_none_or(|i| i == n.index))
+        .collect())
+}
+
+/// The entry for `ip` on interface `index`, if there is one: one `RTM_GETNEIGH` request for
+/// that address, whatever the size of the neighbour table.
+pub fn get(h: &Handle, index: u32, ip: IpAddr) -> Result<Option<Neighbour>> {
+    let n = Neighbour { index, ip, lladdr: None, state: NeighState::None };
+    let mut req = to_msg(&n);
+    req.header.state = NeighbourState::None;
+    match h.request(RouteNetlinkMessage::GetNeighbour(req), 0, || format!("get neighbour {ip} dev #{index}")) {
+        Ok(msgs) => Ok(msgs.into_iter().filter_map(parse).find(|n| n.ip == ip && n.index == index)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn parse(m: RouteNetlinkMessage) -> Option<Neighbour> {
+    let RouteNetlinkMessage::NewNeighbour(m) = m else { return None };
+    Family::from_nl(m.header.family)?;
+    let mut ip = None;
+    let mut lladdr = None;
+    for attr in &m.attributes {
+        match attr {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => ip = Some(IpAddr::V4(*a)),
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => ip = Some(IpAddr::V6(*a)),
+            NeighbourAttribute::LinkLayerAddress(b) => lladdr = Mac::from_slice(b),
+            _ => {}
+        }
+    }
+    Some(Neighbour { index: m.header.ifindex, ip: ip?, lladdr, state: NeighState::from_nl(m.header.state) })
 }

@@ -38,3 +38,41 @@ fn add_replace_list_delete() {
     assert!(neigh::del(&h, idx, ip4).unwrap_err().is_not_found());
     assert!(neigh::list(&h, Some(Family::V4), Some(idx)).unwrap().is_empty());
 }
+
+#[test]
+fn one_address_and_one_interface_are_asked_of_the_kernel() {
+    let tn = TestNet::new("kh").unwrap();
+    let h = tn.handle().unwrap();
+    let up = VethOptions { up: true, ..Default::default() };
+    let a = link::create_veth(&h, "na0", "na0p", None, &up).unwrap();
+    let b = link::create_veth(&h, "nb0", "nb0p", None, &up).unwrap();
+    let mac: Mac = "02:aa:bb:cc:dd:01".parse().unwrap();
+    // Many entries on one interface, a few on the other.
+    for i in 0..300u32 {
+        let ip = IpAddr::from([10, 1, (i / 250) as u8, (i % 250) as u8 + 1]);
+        neigh::add(&h, &Neighbour::permanent(a, ip, mac)).unwrap();
+    }
+    let on_b: Vec<IpAddr> = vec!["10.2.0.1".parse().unwrap(), "fd00::2".parse().unwrap()];
+    for ip in &on_b {
+        neigh::add(&h, &Neighbour::permanent(b, *ip, mac)).unwrap();
+    }
+
+    // A dump of one interface holds exactly its entries (of one family when asked).
+    let got_b = neigh::list(&h, None, Some(b)).unwrap();
+    let mut ips: Vec<IpAddr> = got_b.iter().filter(|n| n.state == NeighState::Permanent).map(|n| n.ip).collect();
+    ips.sort();
+    assert_eq!(ips, on_b);
+    assert!(got_b.iter().all(|n| n.index == b));
+    let v4_a = neigh::list(&h, Some(Family::V4), Some(a)).unwrap();
+    assert_eq!(v4_a.len(), 300);
+
+    // One address: found on its interface, absent elsewhere and when unknown.
+    let ip: IpAddr = "10.1.0.7".parse().unwrap();
+    assert_eq!(neigh::get(&h, a, ip).unwrap(), Some(Neighbour::permanent(a, ip, mac)));
+    assert_eq!(neigh::get(&h, b, ip).unwrap(), None);
+    assert_eq!(neigh::get(&h, a, "10.9.9.9".parse().unwrap()).unwrap(), None);
+    let v6: IpAddr = "fd00::2".parse().unwrap();
+    assert_eq!(neigh::get(&h, b, v6).unwrap(), Some(Neighbour::permanent(b, v6, mac)));
+    neigh::del(&h, b, v6).unwrap();
+    assert_eq!(neigh::get(&h, b, v6).unwrap(), None);
+}
