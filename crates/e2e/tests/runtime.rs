@@ -558,14 +558,12 @@ fn containerd_ctr_runs_overlay_and_underlay_containers() {
     assert_clean(&site, &before, "after the failed run");
 }
 
-/// KNOWN BUG (issue 14, defect 10; knit-coordinator): the coordinator names the host end of
-/// veth0 `veth` + the first 11 alphanumerics of CNI_CONTAINERID, and ctr's IDs all start with
-/// `default-`, so two ctr containers whose names share their first 4 alphanumerics (`nginx-1`,
-/// `nginx-2` → `vethdefaultngin`) get the same host veth name, and the second ADD deletes the
-/// first container's veth: the first container loses its node (and overlay) path. Ignored until
-/// the coordinator's fix lands; `cargo nextest run -p knit-e2e --run-ignored all` shows it.
+/// Issue 14, defect 10: the coordinator named the host end of veth0 `veth` + the first 11
+/// alphanumerics of CNI_CONTAINERID, and ctr's IDs all start with `default-`, so two ctr
+/// containers whose names share their first 4 alphanumerics (`nginx-1`, `nginx-2` →
+/// `vethdefaultngin`) got the same host veth name, and the second ADD deleted the first
+/// container's veth. Host veth names are now a hash of the container ID, marked with their owner.
 #[test]
-#[ignore = "issue 14 defect 10: knit-coordinator host veth names clash for ctr's default-<name> IDs"]
 fn containerd_ctr_underlay_containers_with_a_common_name_prefix() {
     let mut problems = tools::missing(tools::CONTAINERD);
     problems.extend(rootfs::busybox_problem());
