@@ -32,6 +32,15 @@ impl Lab {
         let fabric = self.netns(crate::topology::FABRIC_NAME)?;
         let fname = self.plan.fabric_ns();
         let fh = Handle::in_netns(fabric).map_err(host(format!("netlink in {fname}")))?;
+        // The ToR routes between hosts of one subnet (underlay clients → nodes for the Service
+        // CIDR), and an ICMP redirect would make a client cache "via <node>" for five minutes:
+        // a node that leaves (remove-node) or an ECMP set that changes then blackholes it. A
+        // fabric switch sends none; `all` and the interface are OR-ed, so both must be 0
+        // (`default` covers the bridges made next).
+        for conf in ["all", "default"] {
+            sysctl::set_in(fabric, &format!("net.ipv4.conf.{conf}.send_redirects"), "0")
+                .map_err(host(format!("{fname}: no ICMP redirects")))?;
+        }
         let br = bridge(&fh, UNDERLAY_BRIDGE, &topo.fabric.gateways, &fname)?;
         let has_external = topo.clients.iter().any(|c| c.side == ClientSide::External);
         let brx = if has_external {
@@ -109,6 +118,12 @@ impl Lab {
 fn bridge(h: &Handle, name: &str, addrs: &[IpNet], ns: &str) -> Result<u32> {
     let what = format!("{ns}: bridge {name}");
     let idx = link::create_bridge(h, name).map_err(host(what.clone()))?;
+    // A bridge whose MAC was never set takes the lowest MAC of its ports, so it changes when a
+    // node leaves (remove-node) and hosts holding the gateway's old MAC lose it until their ARP
+    // entry fails. Setting the (random) MAC it was created with pins it.
+    if let Some(mac) = link::get_by_index(h, idx).map_err(host(what.clone()))?.and_then(|l| l.mac) {
+        link::set_mac(h, idx, mac).map_err(host(format!("{what}: pin MAC")))?;
+    }
     for a in addrs {
         addr::add(h, &addr::Address::new(idx, *a)).map_err(host(format!("{what}: address {a}")))?;
     }
