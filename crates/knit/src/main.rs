@@ -50,9 +50,11 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<std::ffi::OsString>,
     },
-    /// A packet's forward and reply path hop by hop, with the verdict (a lab, or this machine).
+    /// A packet's forward and reply path hop by hop, with the verdict (a lab, an inventory's
+    /// namespaces, or this machine).
     Trace(trace_cmd::TraceCmd),
-    /// Problems of a lab's nodes or of this machine (INVALID drop, rp_filter, table 500, ...).
+    /// Problems of a lab's or an inventory's nodes, or of this machine (INVALID drop, rp_filter,
+    /// table 500, ...).
     Doctor(trace_cmd::DoctorCmd),
     /// Install knit's binaries and a default conflist on a node (the DaemonSet's init container).
     Install(install_cmd::InstallCmd),

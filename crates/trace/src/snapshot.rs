@@ -61,7 +61,8 @@ pub struct IfConf {
 pub struct NsSnap {
     /// Display name (`node1`, `overlay1`, `host`, or the /run/netns name).
     pub name: String,
-    /// The namespace's name under /run/netns (empty for the host namespace).
+    /// Where the namespace is: its name under /run/netns, a namespace file's path, or empty
+    /// for the host namespace.
     pub netns: String,
     /// What it is.
     pub role: Role,
@@ -269,7 +270,7 @@ pub struct Source {
     pub name: String,
     /// Role.
     pub role: Role,
-    /// /run/netns name (empty = host).
+    /// /run/netns name or namespace file path (empty = host).
     pub netns_name: String,
     /// The open namespace.
     pub ns: Netns,
@@ -424,7 +425,7 @@ pub fn read(sources: &[Source]) -> Result<Snapshot> {
 /// Above this many pods, a trace reads only the pods it can visit (see [`read_inventory`]).
 pub const ALL_PODS_UP_TO: usize = 64;
 
-/// The file that names a process's network namespace where a container hides PID 1's.
+/// PID 1's namespace file: the host's namespace, unless a container hides it.
 const HOST_NETNS: &str = "/proc/1/ns/net";
 
 /// The host's namespace: PID 1's, or, where `/proc/1/ns/net` cannot be opened (a container
@@ -449,7 +450,7 @@ fn open_place(name: &str, netns: &str, notes: &mut Vec<String>) -> Result<(Netns
     }
     let ns = if netns.starts_with('/') { Netns::open(netns) } else { Netns::open_named(netns) }
         .map_err(host_err(format!("{name}: open namespace {netns}")))?;
-    Ok((ns, if netns.starts_with('/') { String::new() } else { netns.to_string() }))
+    Ok((ns, netns.to_string()))
 }
 
 /// The namespaces an inventory names, in the order fabric, nodes, clients, pods (the first
