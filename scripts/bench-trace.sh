@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Benchmark for `knit trace` (DESIGN.md section 7: under 100 ms on a lab node with 1000 pods).
-# Builds a two-node lab with PODS overlay pods on node1 (plus a few of each kind), then times
-# `knit trace` between pods on the two nodes, REPS times, and prints the median and max.
+# Builds a two-node lab with PODS overlay pods on node1 (plus a few of each kind) with the
+# developer binary `knit-lab`, then times `knit trace` (the node binary) between pods on the two
+# nodes, REPS times, and prints the median and max.
 # Usage: scripts/bench-trace.sh [PODS=1000] [REPS=20]   (root; removes its lab at the end)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,9 +13,11 @@ if [ -z "${KNIT:-}" ]; then
     KNIT=target/debug/knit
     [ target/release/knit -nt "$KNIT" ] && KNIT=target/release/knit
 fi
+KNIT_LAB="$(dirname "$KNIT")/knit-lab"
+[ -x "$KNIT_LAB" ] || { echo "no $KNIT_LAB: cargo build --workspace --bins (or scripts/build-release.sh)" >&2; exit 1; }
 NAME="bt$$"
 TOPO=$(mktemp --suffix=.toml)
-trap '"$KNIT" lab down --name "$NAME" >/dev/null 2>&1 || true; rm -f "$TOPO"' EXIT
+trap '"$KNIT_LAB" lab down --name "$NAME" >/dev/null 2>&1 || true; rm -f "$TOPO"' EXIT
 {
 cat <<'TOML'
 overlay_cidr = "10.240.0.0/14"
@@ -64,7 +67,7 @@ for i in $(seq 1 "$PODS"); do printf '[[pods]]\nname = "p%s"\nnode = "node1"\nki
 # The Service over every overlay pod would make every pod relevant; keep it on o2 only.
 sed -i 's/endpoints = "overlay"/endpoints = ["o2"]/' "$TOPO"
 t0=$(date +%s%N)
-"$KNIT" lab up --name "$NAME" --topology "$TOPO" 2>/dev/null
+"$KNIT_LAB" lab up --name "$NAME" --topology "$TOPO" 2>/dev/null
 echo "lab with $PODS pods on node1 up in $(( ($(date +%s%N) - t0) / 1000000 )) ms"
 for pair in "p1 o2" "u1 o2" "o2 p$PODS" "ext 172.16.1.2:30080"; do
     set -- $pair

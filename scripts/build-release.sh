@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The release build: every binary in target/release, with the three CNI plugins (knit-routed,
-# knit-ipam, knit-coordinator) linked statically.
+# The release build: every binary in target/release (the node binary `knit`, the developer
+# binary `knit-lab` with the lab and the benchmarks, the plugins), with the three CNI plugins
+# (knit-routed, knit-ipam, knit-coordinator) linked statically.
 #
 # Why static: a plugin is copied onto nodes whose glibc we don't control (Debian's Go
 # reference plugins are static for the same reason), and the runtime starts it once per pod
@@ -24,3 +25,7 @@ for p in "${plugins[@]}"; do
     cp --remove-destination "target/$triple/release/$p" "target/release/$p"
 done
 echo "static plugins: ${plugins[*]} (from target/$triple/release) in target/release"
+# The node binary must stay slim: it links neither the lab nor the benchmarks (knit-lab does).
+for b in knit knit-lab "${plugins[@]}"; do
+    stat -c %s "target/release/$b" | awk -v b="$b" '{ printf "%-17s %6.1f MB\n", b, $1 / 1e6 }'
+done

@@ -8,8 +8,9 @@
 #   this script checks the apiVersion, the name and that spec.config is a CNI config in JSON.
 #   (crates/knit/tests/deploy.rs parses those configs with knit's own plugin parsers.)
 # - When PyPI (or $PIP_INDEX_URL) is unreachable, or python3 cannot make a venv (Debian:
-#   apt-get install python3-venv), it prints SKIP and exits 0, unless
-#   KNIT_REQUIRE_MANIFEST_VALIDATION=1.
+#   apt-get install python3-venv), it prints SKIP and exits 0, unless CI=true (as .ci/run sets
+#   it) or KNIT_REQUIRE_MANIFEST_VALIDATION=1: then it fails, since nothing may pass untested
+#   in CI.
 #
 # Environment: KNIT_K8S_VERSION (default: the newest the tool ships), KNIT_KUBERNETES_VALIDATE
 # (the pip requirement; changing it reinstalls the venv), KNIT_MANIFEST_VENV (the venv's path).
@@ -21,7 +22,7 @@ VENV="${KNIT_MANIFEST_VENV:-${CARGO_TARGET_DIR:-target}/manifest-venv}"
 MARKER="$VENV/.knit-installed"
 
 skip() {
-    if [ "${KNIT_REQUIRE_MANIFEST_VALIDATION:-0}" = 1 ]; then
+    if [ "${KNIT_REQUIRE_MANIFEST_VALIDATION:-0}" = 1 ] || [ "${CI:-}" = true ] || [ "${CI:-}" = 1 ]; then
         echo "validate-manifests: FAIL: $*" >&2
         exit 1
     fi

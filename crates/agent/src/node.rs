@@ -8,6 +8,12 @@
 //! - the coordinator's CIDR file from the cluster settings;
 //! - `net.ipv4.ip_forward=1`.
 //!
+//! A round succeeds once all of that is done and the cluster settings name the overlay CIDR.
+//! Only then, and so never before the first successful round, does the agent put the node's
+//! conflist (`--conflist`, staged by `knit install --stage-conflist`) into the CNI conf dir:
+//! the runtime reports the node Ready once a conflist is there, and a pod made before the node
+//! is registered, its routes announced and the coordinator's CIDRs known would not work.
+//!
 //! The other nodes' records are read each round (a prefix get: a handful of keys) rather than
 //! watched; a dead node's record expires with its lease, so its peer goes within TTL + interval.
 
@@ -44,6 +50,9 @@ pub struct AgentConfig {
     pub ipam_config: Option<PathBuf>,
     /// Where to write the coordinator's CIDR file.
     pub cidr_file: PathBuf,
+    /// The node's conflist to put into the CNI conf dir after the first successful reconcile
+    /// (and to keep in step after each one), if the agent is to make the node Ready.
+    pub conflist: Option<ConflistInstall>,
     /// The coordinator's hostRuleTable.
     pub host_rule_table: u32,
     /// Lease TTL in seconds.
@@ -51,6 +60,26 @@ pub struct AgentConfig {
     /// Reconcile period.
     pub interval: Duration,
 }
+
+/// Where the agent installs the node's conflist from, and to.
+#[derive(Debug, Clone)]
+pub struct ConflistInstall {
+    /// The staged conflist (`knit install --stage-conflist DIR` writes `DIR/10-knit.conflist`).
+    pub source: PathBuf,
+    /// The runtime's conf dir (`/etc/cni/net.d`); the file keeps its name there.
+    pub conf_dir: PathBuf,
+}
+
+impl ConflistInstall {
+    /// The installed file's path.
+    pub fn dest(&self) -> PathBuf {
+        self.conf_dir.join(self.source.file_name().unwrap_or_else(|| std::ffi::OsStr::new("10-knit.conflist")))
+    }
+}
+
+/// Why a round that did everything else still does not make the node Ready.
+pub const NO_CLUSTER_SETTINGS: &str =
+    "not ready: the cluster settings in etcd have no overlayPodCIDR yet (knit cluster set --etcd-endpoints … --overlay-cidr … --service-cidr …)";
 
 fn v4_nets(nets: &[IpNet]) -> Vec<IpNet> {
     nets.iter().copied().filter(|n| matches!(n, IpNet::V4(_))).collect()
@@ -80,6 +109,9 @@ fn underlay(cfg: &AgentConfig) -> Result<Vec<IpAddr>, String> {
         .collect())
 }
 
+/// Writes `path` through a temp file and `rename` (readers never see half a file) unless it
+/// already holds `text`. The temp name has no `.conf`/`.conflist`/`.json` suffix, so a runtime
+/// scanning the directory never loads it.
 fn write_if_changed(path: &Path, text: &str) -> Result<bool, String> {
     if std::fs::read_to_string(path).ok().as_deref() == Some(text) {
         return Ok(false);
@@ -87,7 +119,7 @@ fn write_if_changed(path: &Path, text: &str) -> Result<bool, String> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
-    let tmp = path.with_extension("tmp");
+    let tmp = path.with_extension("knit-tmp");
     std::fs::write(&tmp, text).map_err(|e| format!("{}: {e}", tmp.display()))?;
     std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(true)
@@ -115,6 +147,8 @@ struct Agent {
     /// BIRD runs `last_bird` (reloaded, or started after it was written).
     bird_current: bool,
     last_peers: Vec<Ipv4Addr>,
+    /// A round has succeeded (the node's conflist may be installed).
+    ready: bool,
 }
 
 /// Runs until `stop` is set; then revokes the lease so the node leaves at once.
@@ -131,6 +165,7 @@ pub fn run(cfg: &AgentConfig, stop: &AtomicBool) -> Result<(), String> {
         last_bird: String::new(),
         bird_current: false,
         last_peers: Vec::new(),
+        ready: false,
     };
     let mut last_ka = Instant::now();
     let ka_every = Duration::from_secs((cfg.lease_ttl as u64 / 3).max(1));
@@ -145,8 +180,17 @@ pub fn run(cfg: &AgentConfig, stop: &AtomicBool) -> Result<(), String> {
             }
             last_ka = Instant::now();
         }
-        if let Err(e) = agent.reconcile(cfg) {
-            tracing::warn!(error = %e, "reconcile");
+        match agent.reconcile(cfg) {
+            Ok(()) => {
+                if !agent.ready {
+                    tracing::info!(node = %cfg.node, "first successful reconcile: registered, BIRD configured, CIDR file written");
+                    agent.ready = true;
+                }
+                if let Err(e) = install_conflist(cfg) {
+                    tracing::warn!(error = %e, "install the node's conflist");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "reconcile"),
         }
         let until = Instant::now() + cfg.interval;
         while Instant::now() < until && !stop.load(Ordering::SeqCst) {
@@ -155,6 +199,18 @@ pub fn run(cfg: &AgentConfig, stop: &AtomicBool) -> Result<(), String> {
     }
     tracing::info!(node = %cfg.node, "stopping: leaving the registry");
     agent.reg.revoke().map_err(|e| e.to_string())
+}
+
+/// Puts the staged conflist into the conf dir (or updates it) after a successful round.
+fn install_conflist(cfg: &AgentConfig) -> Result<(), String> {
+    let Some(c) = &cfg.conflist else { return Ok(()) };
+    let text =
+        std::fs::read_to_string(&c.source).map_err(|e| format!("staged conflist {}: {e}", c.source.display()))?;
+    let dest = c.dest();
+    if write_if_changed(&dest, &text)? {
+        tracing::info!(file = %dest.display(), "installed the node's conflist: the node can turn Ready");
+    }
+    Ok(())
 }
 
 impl Agent {
@@ -196,7 +252,8 @@ impl Agent {
             self.last_peers = peers.clone();
         }
         if cluster.overlay_pod_cidr.is_empty() && !peers.is_empty() {
-            return Err("cluster settings have no overlayPodCIDR yet (knit cluster set --overlay-cidr ...)".into());
+            // Without the overlay CIDR the peers' sessions would carry nothing useful.
+            return Err(NO_CLUSTER_SETTINGS.into());
         }
         let bgp = NodeBgp {
             node_ip: cfg.node_ip,
@@ -228,6 +285,9 @@ impl Agent {
                 }
                 Err(e) => tracing::warn!(error = %e, "birdc configure"),
             }
+        }
+        if cluster.overlay_pod_cidr.is_empty() {
+            return Err(NO_CLUSTER_SETTINGS.into());
         }
         Ok(())
     }

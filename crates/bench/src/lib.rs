@@ -1,4 +1,5 @@
-//! knit-bench: the benchmark suites behind `knit bench` (DESIGN.md section 8, issue 8).
+//! knit-bench: the benchmark suites behind `knit-lab bench` (and `knit bench`, which runs it;
+//! DESIGN.md section 8, issue 8).
 //!
 //! Timings on shared machines drift from run to run, so every figure is measured against its
 //! reference **in the same run**, the two alternating sample by sample, and is reported as a
@@ -9,8 +10,8 @@
 //!   against macvlan alone; plus the floors (kernel veth deletion, starting a process).
 //! - [`Suite::Ipam`] ([`ipam`]): 1000 allocations and releases, sequential and with 8 concurrent
 //!   processes, knit-ipam (local store) against host-local; and the in-process allocation core.
-//! - [`Suite::Matrix`], [`Suite::Datapath`]: need the lab; they report [`Error::NotAvailable`]
-//!   until it is wired in.
+//! - [`Suite::Matrix`], [`Suite::Datapath`] ([`lab`]): the default lab's matrix with setup,
+//!   cells and teardown timed apart; iperf3 throughput and echo round trips on a lab.
 //!
 //! Plugins run as real processes, the way a runtime runs them: CNI_* variables and the network
 //! configuration on stdin, from a thread that entered the node namespace (so the plugins run

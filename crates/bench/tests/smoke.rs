@@ -1,4 +1,4 @@
-//! `knit bench` as a user runs it: the JSON shape of the suites, their rows, the "not yet
+//! `knit-lab bench` (what `knit bench` runs) as a user runs it: the JSON shape of the suites, their rows, the "not yet
 //! available" suites, and the clean-up of the run's namespaces. No timing thresholds: timings
 //! belong to BENCHMARKS.md, not to tests.
 
@@ -8,9 +8,9 @@ use knit_bench::{cni, ipam};
 use knit_testkit::bin;
 use serde_json::Value;
 
-/// Runs `knit bench ARGS…`; returns (success, stdout as JSON or Null, stderr, pid).
+/// Runs `knit-lab bench ARGS…`; returns (success, stdout as JSON or Null, stderr, pid).
 fn knit_bench(args: &[&str]) -> (bool, Value, String, u32) {
-    let mut cmd = Command::new(bin("knit"));
+    let mut cmd = Command::new(bin("knit-lab"));
     cmd.arg("bench").args(args);
     let child =
         cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().expect("spawn knit");
@@ -131,7 +131,8 @@ fn ipam_json_shape() {
 
 #[test]
 fn matrix_suite_times_setup_cells_and_teardown() {
-    let out = Command::new(bin("knit")).args(["bench", "matrix", "--n", "1", "--json"]).output().expect("run knit");
+    let out =
+        Command::new(bin("knit-lab")).args(["bench", "matrix", "--n", "1", "--json"]).output().expect("run knit-lab");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     let names = check_shape(&v, "matrix");
@@ -142,6 +143,6 @@ fn matrix_suite_times_setup_cells_and_teardown() {
 
 #[test]
 fn bad_options_are_refused() {
-    let out = Command::new(bin("knit")).args(["bench", "cni-add-del", "--n", "0"]).output().expect("run knit");
+    let out = Command::new(bin("knit-lab")).args(["bench", "cni-add-del", "--n", "0"]).output().expect("run knit-lab");
     assert!(!out.status.success(), "--n 0 is refused");
 }

@@ -1,7 +1,8 @@
 //! Differential test against Debian's reference plugins: ptp + host-local (cniVersion 1.0.0)
 //! driven by our runtime. The runtime runs on a thread that has entered a throwaway "node"
 //! network namespace; the pod is another throwaway namespace. Nothing touches the root netns.
-//! Skips (passes with a note) when not root or when /usr/lib/cni/ptp is absent.
+//! Skips (passes with a note) when not root or when /usr/lib/cni/ptp is absent, except under
+//! `CI=true`, where that fails (knit_testkit::require).
 
 use std::fs::File;
 use std::os::unix::fs::PermissionsExt;
@@ -87,10 +88,10 @@ fn captured(capture_dir: &Path, command: &str) -> Vec<String> {
 
 #[test]
 fn debian_ptp_host_local_through_runtime() {
-    if !nix::unistd::Uid::effective().is_root() || !Path::new(DEBIAN_CNI).join("ptp").exists() {
-        eprintln!("skipping: needs root and {DEBIAN_CNI}/ptp");
-        return;
-    }
+    knit_testkit::require!(
+        nix::unistd::Uid::effective().is_root() && Path::new(DEBIAN_CNI).join("ptp").exists(),
+        "needs root and {DEBIAN_CNI}/ptp (apt-get install containernetworking-plugins)"
+    );
     let tmp = tempfile::tempdir().expect("tempdir");
     let bin = tmp.path().join("bin");
     let capture = tmp.path().join("capture");

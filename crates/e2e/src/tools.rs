@@ -48,20 +48,21 @@ pub fn missing(needs: &[Tool]) -> Vec<String> {
         .collect()
 }
 
-/// True under `CI=true`, where skipping is a failure.
+/// True under `CI=true`, where skipping is a failure (the workspace's one rule,
+/// `knit_testkit::require`).
 pub fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
+    knit_testkit::require::in_ci()
 }
 
 /// Whether `test` can run: `problems` (missing tools, a dynamic busybox, ...) empty. Otherwise
-/// it prints why and returns false, so the test skips; under `CI=true` it panics instead.
+/// it prints why and returns false, so the test skips; under `CI=true` it panics instead
+/// (`knit_testkit::require::skip`).
+#[track_caller]
 pub fn can_run(test: &str, problems: &[String]) -> bool {
     if problems.is_empty() {
         return true;
     }
-    let why = problems.join("; ");
-    assert!(!in_ci(), "{test} cannot run under CI=true: {why}");
-    eprintln!("SKIP {test}: {why}");
+    knit_testkit::require::skip(&format!("{test}: {}", problems.join("; ")));
     false
 }
 

@@ -1,5 +1,6 @@
 //! `knit ipam show | release | gc` on both stores (the `knit` binary of this workspace, built
-//! by `cargo build --workspace --bins`; the test is skipped with a message when it is missing).
+//! by `cargo build --workspace --bins`; the test is skipped with a message when it is missing,
+//! and fails then under `CI=true`).
 
 mod etcd_support;
 
@@ -89,7 +90,7 @@ fn cli_suite(store_args: &[&str], ipam_json: &dyn Fn(&str) -> String, bin: &Path
 #[test]
 fn knit_ipam_cli_on_etcd_and_local() {
     let Some(bin) = knit_bin() else {
-        eprintln!("SKIP: target/debug/knit not built (cargo build --workspace --bins)");
+        knit_testkit::require::skip("target/debug/knit not built (cargo build --workspace --bins)");
         return;
     };
     // etcd, by flags.

@@ -7,6 +7,14 @@
 //! mode) is already right is left alone: a second run changes nothing and says so. Binaries are
 //! installed before the conflist, so the runtime sees the network only once its plugins exist.
 //!
+//! The conflist is CNI 1.1's form (`cniVersions: ["1.0.0", "1.1.0"]`, and `cniVersion` for
+//! runtimes before 1.1), so a 1.1 runtime sends GC and STATUS.
+//!
+//! With `--stage-conflist DIR` the conflist goes to DIR instead of the conf dir: the node agent
+//! (`knit node run --conflist DIR/10-knit.conflist`) puts it in place after its first
+//! successful reconcile, so the node turns Ready only once it is registered in etcd, BIRD is
+//! configured and the coordinator's CIDR file is written (deploy/daemonset.yaml does this).
+//!
 //! With `--etcd-endpoints` the conflist uses knit-ipam's etcd store. `--etcd-tls-dir DIR` (a
 //! mounted Secret with `ca.crt`, `tls.crt`, `tls.key`; empty or missing files are skipped) is
 //! copied to `<conf dir>/knit-tls/`, because the plugins run on the host, where the container's
@@ -49,6 +57,11 @@ pub struct InstallCmd {
     /// `none`.
     #[arg(long, value_enum, default_value_t = ConflistKind::Overlay)]
     conflist: ConflistKind,
+    /// The node agent installs the conflist: write it into this directory instead of
+    /// --cni-conf-dir, for `knit node run --conflist DIR/10-knit.conflist`, which puts it into
+    /// the conf dir after its first successful reconcile (what makes the node Ready).
+    #[arg(long, value_name = "DIR")]
+    stage_conflist: Option<PathBuf>,
     /// The node name for knit-routed's `nodename` and knit-ipam's `node` (default: knit-ipam
     /// uses the host name).
     #[arg(long)]
@@ -130,7 +143,13 @@ fn install(c: &InstallCmd) -> Result<Vec<(PathBuf, Outcome)>, String> {
     check_dir("--src-dir", &src_dir, false)?;
     check_dir("--cni-bin-dir", &c.cni_bin_dir, true)?;
     if c.conflist != ConflistKind::None {
+        // The TLS files go to the conf dir even when the conflist is staged elsewhere.
         check_dir("--cni-conf-dir", &c.cni_conf_dir, true)?;
+        if let Some(dir) = &c.stage_conflist {
+            check_dir("--stage-conflist", dir, true)?;
+        }
+    } else if c.stage_conflist.is_some() {
+        return Err("--stage-conflist stages the conflist; it can't go with --conflist none".into());
     }
     // Every source must be there before anything is copied: no half-installed node.
     let mut sources = Vec::new();
@@ -176,7 +195,7 @@ fn install(c: &InstallCmd) -> Result<Vec<(PathBuf, Outcome)>, String> {
                 results.push((dest, outcome));
             }
         }
-        let dest = c.cni_conf_dir.join(CONFLIST_NAME);
+        let dest = c.stage_conflist.as_ref().unwrap_or(&c.cni_conf_dir).join(CONFLIST_NAME);
         let outcome = install_bytes(&bytes, &dest, 0o644)?;
         results.push((dest, outcome));
     }
@@ -270,7 +289,14 @@ fn overlay_conflist(c: &InstallCmd, tls: &[TlsFile]) -> Result<Vec<u8>, String> 
         routed.insert("nodename".into(), json!(n));
     }
     routed.insert("ipam".into(), ipam);
-    let list = json!({"cniVersion": "1.0.0", "name": "knit", "plugins": [Value::Object(routed)]});
+    // cniVersions (CNI 1.1): a 1.1 runtime picks 1.1.0 and then sends GC and STATUS; cniVersion
+    // is what runtimes before 1.1 read.
+    let list = json!({
+        "cniVersion": "1.0.0",
+        "cniVersions": ["1.0.0", "1.1.0"],
+        "name": "knit",
+        "plugins": [Value::Object(routed)],
+    });
     let mut bytes = serde_json::to_vec_pretty(&list).map_err(|e| format!("overlay conflist: {e}"))?;
     bytes.push(b'\n');
     knit_cni::NetConfList::from_bytes(&bytes).map_err(|e| format!("overlay conflist: {}", e.msg))?;

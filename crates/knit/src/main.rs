@@ -1,13 +1,15 @@
-//! `knit`: the command-line tool. Each subcommand lives in its own module; this file only
-//! parses arguments and maps failures to exit codes.
+//! `knit`: the command-line tool that goes onto every node. Each subcommand lives in its own
+//! module; this file only parses arguments and maps failures to exit codes. The lab and the
+//! benchmarks are not linked in: `knit lab …` and `knit bench …` execute the developer binary
+//! `knit-lab` ([`devtool`]).
 
-mod bench_cmd;
 mod cluster_cmd;
 mod cni_cmd;
+mod devtool;
 mod install_cmd;
 mod ipam_cmd;
-mod lab_cmd;
 mod node_cmd;
+mod pipe;
 mod signals;
 mod trace_cmd;
 
@@ -32,13 +34,27 @@ enum Cmd {
     Cluster(cluster_cmd::ClusterCmd),
     /// Node-agent helpers.
     Node(node_cmd::NodeCmd),
-    /// Benchmarks against the reference plugins, as ratios measured in one run.
-    Bench(bench_cmd::BenchCmd),
-    /// A multi-node cluster in network namespaces, and its connectivity matrix.
-    Lab(lab_cmd::LabCmd),
-    /// A packet's forward and reply path hop by hop, with the verdict (a lab, or this machine).
+    /// Benchmarks against the reference plugins, as ratios measured in one run (runs
+    /// `knit-lab bench`, the developer binary).
+    #[command(disable_help_flag = true)]
+    Bench {
+        /// Arguments of `knit-lab bench` (`knit bench --help` shows them).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
+    /// A multi-node cluster in network namespaces, and its connectivity matrix (runs
+    /// `knit-lab lab`, the developer binary).
+    #[command(disable_help_flag = true)]
+    Lab {
+        /// Arguments of `knit-lab lab` (`knit lab --help` shows them).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
+    /// A packet's forward and reply path hop by hop, with the verdict (a lab, an inventory's
+    /// namespaces, or this machine).
     Trace(trace_cmd::TraceCmd),
-    /// Problems of a lab's nodes or of this machine (INVALID drop, rp_filter, table 500, ...).
+    /// Problems of a lab's or an inventory's nodes, or of this machine (INVALID drop, rp_filter,
+    /// table 500, ...).
     Doctor(trace_cmd::DoctorCmd),
     /// Install knit's binaries and a default conflist on a node (the DaemonSet's init container).
     Install(install_cmd::InstallCmd),
@@ -56,6 +72,7 @@ fn init_logging() {
 }
 
 fn main() -> ExitCode {
+    pipe::exit_quietly_on_closed_stdout();
     init_logging();
     let cli = Cli::parse();
     match cli.command {
@@ -63,8 +80,8 @@ fn main() -> ExitCode {
         Cmd::Node(c) => node_cmd::run(c),
         Cmd::Cluster(c) => cluster_cmd::run(c),
         Cmd::Ipam(c) => ipam_cmd::run(c),
-        Cmd::Bench(c) => bench_cmd::run(c),
-        Cmd::Lab(c) => lab_cmd::run(c),
+        Cmd::Bench { args } => devtool::run("bench", &args),
+        Cmd::Lab { args } => devtool::run("lab", &args),
         Cmd::Trace(c) => trace_cmd::run(c),
         Cmd::Doctor(c) => trace_cmd::run_doctor(c),
         Cmd::Install(c) => install_cmd::run(c),

@@ -33,7 +33,8 @@ enum NodeSub {
     },
     /// The long-running node agent (cluster mode): registers the node in etcd under a lease,
     /// keeps BIRD's peers in step with the other nodes, publishes this node's blocks and
-    /// underlay pod IPs, writes the coordinator's CIDR file. Stops cleanly on SIGTERM/SIGINT.
+    /// underlay pod IPs, writes the coordinator's CIDR file, and after its first successful
+    /// round installs the node's conflist (--conflist). Stops cleanly on SIGTERM/SIGINT.
     Run(Box<RunArgs>),
 }
 
@@ -78,6 +79,14 @@ pub struct RunArgs {
     /// The coordinator's CIDR file to write.
     #[arg(long, default_value = knit_coordinator::config::DEFAULT_CIDR_FILE)]
     cidr_file: std::path::PathBuf,
+    /// The node's conflist (as `knit install --stage-conflist DIR` stages it, DIR/10-knit.conflist)
+    /// to put into --cni-conf-dir after the first successful reconcile: the node turns Ready
+    /// only once it is registered, BIRD is configured and the CIDR file is written.
+    #[arg(long)]
+    conflist: Option<std::path::PathBuf>,
+    /// The runtime's CNI conf dir, where --conflist goes.
+    #[arg(long, default_value = "/etc/cni/net.d")]
+    cni_conf_dir: std::path::PathBuf,
     /// Lease TTL (seconds): a dead node leaves the others' peers within this.
     #[arg(long, default_value_t = 10)]
     lease_ttl: i64,
@@ -140,6 +149,7 @@ fn run_agent(a: RunArgs) -> Result<(), String> {
         bird_dir: a.bird_dir,
         ipam_config: a.ipam_config,
         cidr_file: a.cidr_file,
+        conflist: a.conflist.map(|source| knit_agent::node::ConflistInstall { source, conf_dir: a.cni_conf_dir }),
         host_rule_table: knit_coordinator::config::DEFAULT_HOST_RULE_TABLE,
         lease_ttl: a.lease_ttl.max(2),
         interval: std::time::Duration::from_millis(a.interval_ms.max(50)),

@@ -1,5 +1,5 @@
-//! SIGINT/SIGTERM as a flag: the handler only sets it (async-signal-safe); long-running
-//! commands (`knit lab`, `knit node run`) poll it and clean up outside signal context.
+//! SIGINT/SIGTERM as a flag: the handler only sets it (async-signal-safe); the long-running
+//! `knit node run` polls it and leaves the registry outside signal context.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -19,9 +19,4 @@ pub fn catch() -> Result<(), String> {
         unsafe { sigaction(sig, &action) }.map_err(|e| format!("signal handler for {sig}: {e}"))?;
     }
     Ok(())
-}
-
-/// Whether SIGINT or SIGTERM arrived.
-pub fn terminated() -> bool {
-    TERMINATE.load(Ordering::SeqCst)
 }

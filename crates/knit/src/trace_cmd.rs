@@ -4,16 +4,21 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use knit_lab::plan::DEFAULT_RUN_DIR;
+use knit_trace::inventory::{self, Inventory, LAB_RUN_DIR};
 use knit_trace::{doctor, path, render, snapshot, Proto, Request, Snapshot};
 
 #[derive(Args)]
 pub struct TraceCmd {
-    /// The lab to trace in; without it, this machine (host namespace + /run/netns/*).
-    #[arg(long)]
+    /// The lab to trace in (its inventory); without --lab or --inventory, this machine (host
+    /// namespace + /run/netns/*).
+    #[arg(long, conflicts_with = "inventory")]
     lab: Option<String>,
+    /// An inventory file (JSON: what is where, as `knit lab` writes one per lab) naming the
+    /// namespaces to read.
+    #[arg(long)]
+    inventory: Option<PathBuf>,
     /// Where lab directories live.
-    #[arg(long, default_value = DEFAULT_RUN_DIR)]
+    #[arg(long, default_value = LAB_RUN_DIR)]
     run_dir: PathBuf,
     /// Source: a pod, node or client name, or an address.
     src: String,
@@ -33,33 +38,52 @@ pub struct TraceCmd {
 #[derive(Args)]
 pub struct DoctorCmd {
     /// Check a running lab's nodes.
-    #[arg(long, conflicts_with = "node")]
+    #[arg(long, conflicts_with_all = ["node", "inventory"])]
     lab: Option<String>,
+    /// Check the namespaces an inventory file names.
+    #[arg(long, conflicts_with = "node")]
+    inventory: Option<PathBuf>,
     /// Check this machine (host namespace + /run/netns/*).
     #[arg(long)]
     node: bool,
     /// Where lab directories live.
-    #[arg(long, default_value = DEFAULT_RUN_DIR)]
+    #[arg(long, default_value = LAB_RUN_DIR)]
     run_dir: PathBuf,
     /// JSON output.
     #[arg(long)]
     json: bool,
 }
 
-fn snap(lab: Option<&str>, run_dir: &std::path::Path) -> Result<Snapshot, knit_trace::Error> {
-    match lab {
-        Some(l) => snapshot::read_lab(l, run_dir),
-        None => snapshot::read_node(),
+/// The inventory `--lab` or `--inventory` names, if any.
+fn inventory_of(
+    lab: Option<&str>,
+    file: Option<&std::path::Path>,
+    run_dir: &std::path::Path,
+) -> Result<Option<Inventory>, knit_trace::Error> {
+    match (lab, file) {
+        (Some(l), _) => inventory::load_lab(run_dir, l).map(Some),
+        (None, Some(f)) => Inventory::load(f).map(Some),
+        (None, None) => Ok(None),
     }
+}
+
+/// Reads the snapshot; `trace` narrows a large inventory to what a trace between the two can visit.
+fn snap(inv: Option<Inventory>, trace: Option<(&str, &str)>, cmd: &str) -> Result<Snapshot, knit_trace::Error> {
+    let s = match inv {
+        Some(inv) => snapshot::read_inventory(&inv, trace)?,
+        None => snapshot::read_node()?,
+    };
+    for note in &s.notes {
+        eprintln!("knit {cmd}: {note}");
+    }
+    Ok(s)
 }
 
 /// Exit codes: 0 delivered, 1 dropped, 2 usage or read errors.
 pub fn run(c: TraceCmd) -> ExitCode {
     let result = (|| -> Result<path::Trace, knit_trace::Error> {
-        let s = match c.lab.as_deref() {
-            Some(l) => snapshot::read_lab_for(l, &c.run_dir, &c.src, &c.dst)?,
-            None => snapshot::read_node()?,
-        };
+        let inv = inventory_of(c.lab.as_deref(), c.inventory.as_deref(), &c.run_dir)?;
+        let s = snap(inv, Some((&c.src, &c.dst)), "trace")?;
         let (src_ns, src_ip) = knit_trace::resolve_source(&s, &c.src)?;
         let (dst, dport) = knit_trace::resolve_destination(&s, &c.dst)?;
         Ok(knit_trace::trace(&s, &Request { src_ns, src_ip, dst, dport, proto: c.proto, endpoint: c.endpoint }))
@@ -86,7 +110,9 @@ pub fn run(c: TraceCmd) -> ExitCode {
 
 /// Exit codes: 0 no problems, 1 problems, 2 read errors.
 pub fn run_doctor(c: DoctorCmd) -> ExitCode {
-    let s = match snap(c.lab.as_deref(), &c.run_dir) {
+    let s = match inventory_of(c.lab.as_deref(), c.inventory.as_deref(), &c.run_dir)
+        .and_then(|i| snap(i, None, "doctor"))
+    {
         Ok(s) => s,
         Err(e) => {
             eprintln!("knit doctor: {e}");

@@ -197,13 +197,18 @@ fn overlay_example_is_what_knit_install_writes() {
     for f in ["ca.crt", "tls.crt", "tls.key"] {
         fs::write(tls.join(f), "PEM\n").expect("write");
     }
-    // The DaemonSet's init container, minus --node (the example leaves it to the host name).
+    let stage = tmp.path().join("stage");
+    fs::create_dir(&stage).expect("mkdir");
+    // The DaemonSet's init container, minus --node (the example leaves it to the host name):
+    // the conflist is staged for the agent, the conf dir gets only the TLS files.
     let out = Command::new(knit())
         .arg("install")
         .arg("--cni-bin-dir")
         .arg(&bin)
         .arg("--cni-conf-dir")
         .arg(&conf)
+        .arg("--stage-conflist")
+        .arg(&stage)
         .arg("--src-dir")
         .arg(&src)
         .arg(format!("--etcd-endpoints={}", endpoints.join(",")))
@@ -212,7 +217,8 @@ fn overlay_example_is_what_knit_install_writes() {
         .output()
         .expect("run knit install");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let written = fs::read_to_string(conf.join("10-knit.conflist")).expect("read");
+    assert!(!conf.join("10-knit.conflist").exists(), "the agent, not knit install, puts the conflist in place");
+    let written = fs::read_to_string(stage.join("10-knit.conflist")).expect("read");
     let written = written.replace(&conf.display().to_string(), "/etc/cni/net.d");
     let written: Value = serde_json::from_str(&written).expect("json");
     assert_eq!(written, example, "deploy/conflists/10-knit.conflist must be what `knit install` writes");

@@ -176,6 +176,34 @@ fn conflist_is_restored_and_can_be_skipped() {
 }
 
 #[test]
+fn the_conflist_is_cni_1_1s_form() {
+    let d = dirs();
+    ok(&install(&d, &[]));
+    let v: serde_json::Value =
+        serde_json::from_slice(&fs::read(d.conf.join("10-knit.conflist")).expect("read")).expect("json");
+    // A 1.1 runtime picks 1.1.0 from cniVersions and then sends GC and STATUS; older ones read cniVersion.
+    assert_eq!(v["cniVersions"], serde_json::json!(["1.0.0", "1.1.0"]), "{v}");
+    assert_eq!(v["cniVersion"], "1.0.0", "{v}");
+}
+
+#[test]
+fn a_staged_conflist_leaves_the_conf_dir_to_the_agent() {
+    let d = dirs();
+    let stage = d.src.parent().expect("root").join("stage");
+    fs::create_dir(&stage).expect("mkdir");
+    let out = ok(&install(&d, &["--stage-conflist", stage.to_str().expect("utf-8")]));
+    assert!(out.contains(&stage.join("10-knit.conflist").display().to_string()), "{out}");
+    assert!(stage.join("10-knit.conflist").exists());
+    assert_eq!(fs::read_dir(&d.conf).expect("conf dir").count(), 0, "knit install wrote into the conf dir");
+    for b in BINARIES {
+        assert!(d.bin.join(b).exists(), "{b} not installed");
+    }
+    // Staging needs a conflist to stage.
+    let e = failed(&install(&d, &["--stage-conflist", stage.to_str().expect("utf-8"), "--conflist", "none"]));
+    assert!(e.contains("--stage-conflist"), "{e}");
+}
+
+#[test]
 fn etcd_tls_files_are_copied_next_to_the_conflist() {
     let d = dirs();
     let tls = d.src.parent().expect("root").join("etcd");
@@ -288,7 +316,10 @@ fn unwritable_directory_is_named_and_nothing_is_written() {
         cmd.args(["--mount", "--propagation", "private", "sh", "-c", script, "sh"]).arg(&d.conf).args(args(&d.conf));
         let out = cmd.output().expect("run unshare");
         if !out.status.success() && !String::from_utf8_lossy(&out.stderr).contains("knit install:") {
-            eprintln!("SKIP: cannot make a read-only mount here: {}", String::from_utf8_lossy(&out.stderr));
+            knit_testkit::require::skip(&format!(
+                "cannot make a read-only mount here: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
             return;
         }
         out

@@ -56,6 +56,22 @@ pub enum LabError {
     /// A bad argument (lab name, node or pod that does not exist, ...).
     #[error("{0}")]
     Invalid(String),
+    /// No lab of that name exists (neither its directory nor a namespace).
+    #[error("no lab {name} ({})", if here.is_empty() { "no labs here".to_string() } else { format!("labs here: {}", here.join(", ")) })]
+    NoLab {
+        /// The name asked for.
+        name: String,
+        /// The labs that exist.
+        here: Vec<String>,
+    },
+    /// Programs the lab runs are not installed.
+    #[error("missing {}: {fix}", missing.join(", "))]
+    Missing {
+        /// The programs (or plugins) missing, each with the package that has it.
+        missing: Vec<String>,
+        /// What to do (`apt-get install …`, build knit's binaries).
+        fix: String,
+    },
     /// The lab was interrupted (Ctrl-C) while being built.
     #[error("interrupted")]
     Interrupted,

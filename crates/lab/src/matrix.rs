@@ -35,40 +35,8 @@ pub const ROUNDS: usize = 4;
 /// Probing threads per source namespace.
 pub const WORKERS_PER_SOURCE: usize = 6;
 
-/// L4 protocol of a cell.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Proto {
-    /// TCP connect + echo.
-    Tcp,
-    /// UDP echo.
-    Udp,
-    /// ICMP echo (ping).
-    Icmp,
-}
-
-impl Proto {
-    /// Lower-case name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Proto::Tcp => "tcp",
-            Proto::Udp => "udp",
-            Proto::Icmp => "icmp",
-        }
-    }
-}
-
-impl std::str::FromStr for Proto {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Proto, String> {
-        match s {
-            "tcp" => Ok(Proto::Tcp),
-            "udp" => Ok(Proto::Udp),
-            "icmp" => Ok(Proto::Icmp),
-            o => Err(format!("unknown protocol {o:?} (tcp, udp or icmp)")),
-        }
-    }
-}
+/// L4 protocol of a cell: trace's, so a cell's protocol is a trace's.
+pub use knit_trace::Proto;
 
 /// Where the source sits relative to the target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]

@@ -3,7 +3,6 @@
 //! ToR, which is configured statically as a real one is, gets its sessions rewritten.
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
@@ -14,6 +13,15 @@ use crate::build::{Lab, Serve};
 use crate::error::{host, LabError, Result};
 use crate::kubeproxy::Mode;
 use crate::topology::{Endpoints, Node, Pod};
+
+/// The programs a joining node runs.
+#[derive(Debug, Clone)]
+pub struct Executables {
+    /// The node binary, `knit` (its agent: `knit node run`).
+    pub knit: std::path::PathBuf,
+    /// The echo server of its pods (`<serve> lab serve`: `knit-lab`).
+    pub serve: std::path::PathBuf,
+}
 
 /// How long a leaving node's routes may take to disappear from the others.
 const WITHDRAW_TIMEOUT: Duration = Duration::from_secs(20);
@@ -37,20 +45,16 @@ impl Lab {
         Ok(())
     }
 
-    fn save(&mut self) -> Result<()> {
-        self.state.topology = self.plan.topo.clone();
-        self.state.save(&self.plan.state_path())
-    }
-
     /// Adds `node` with `pods` to a running cluster-mode lab: its namespace and uplink, its agent
     /// (which registers in etcd; the other agents add it as a BGP peer), its pods through CNI,
-    /// their echo servers (`knit_exe lab serve`), kube-proxy rules everywhere (new endpoints),
-    /// its BIRD, and the ToR's new session. Returns once every node and the ToR have its routes.
+    /// their echo servers (`<exes.serve> lab serve`), kube-proxy rules everywhere (new
+    /// endpoints), its BIRD, and the ToR's new session. Returns once every node and the ToR have
+    /// its routes.
     pub fn add_node(
         &mut self,
         node: Node,
         pods: Vec<Pod>,
-        knit_exe: &Path,
+        exes: &Executables,
         cni_path: &[std::path::PathBuf],
     ) -> Result<()> {
         self.require_cluster_mode()?;
@@ -60,16 +64,16 @@ impl Lab {
         topo.validate()?;
         self.plan.topo = topo;
         self.make_node(&node.name)?;
-        self.start_agent(&node.name, knit_exe)?;
+        self.start_agent(&node.name, &exes.knit)?;
         for p in &pods {
             self.make_ns(&p.name)?;
         }
         self.add_pods(cni_path, Some(&node.name))?;
-        self.start_servers(&Serve::Processes { exe: knit_exe.to_path_buf() }, Some(&node.name))?;
+        self.start_servers(&Serve::Processes { exe: exes.serve.clone() }, Some(&node.name))?;
         self.install_kube_proxy(mode(&self.state.kube_proxy))?;
         self.start_node_bird_cluster(&node.name)?;
         self.reconfigure_tor()?;
-        self.save()?;
+        self.save_state()?;
         let underlay = self.state.underlay_routes;
         self.wait_converged(underlay)
     }
@@ -116,7 +120,7 @@ impl Lab {
         }
         self.install_kube_proxy(mode(&self.state.kube_proxy))?;
         self.reconfigure_tor()?;
-        self.save()?;
+        self.save_state()?;
         // Withdrawn everywhere: the other nodes (its peers' sessions drop, its record expires)
         // and the ToR: no route to its blocks, and no route (or ECMP next hop, like the ToR's
         // for the Service CIDR) through it.

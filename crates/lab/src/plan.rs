@@ -12,9 +12,9 @@ use serde_json::{json, Value};
 use crate::error::{LabError, Result};
 use crate::topology::{Pod, PodKind, Topology, UnderlayPool, FABRIC_NAME};
 
-/// Where labs keep their files (IPAM store, CNI cache, BIRD configs, state):
-/// tmpfs, gone at reboot together with the namespaces it describes.
-pub const DEFAULT_RUN_DIR: &str = "/run/knit/lab";
+/// Where labs keep their files (IPAM store, CNI cache, BIRD configs, state, inventory):
+/// tmpfs, gone at reboot together with the namespaces it describes. trace looks there too.
+pub const DEFAULT_RUN_DIR: &str = knit_trace::inventory::LAB_RUN_DIR;
 /// Longest lab name: it is part of every namespace name.
 pub const MAX_LAB_NAME_LEN: usize = 24;
 /// The overlay network's name (Calico's, so conflists read as in a real cluster).
@@ -111,6 +111,11 @@ impl LabPlan {
     /// The state file.
     pub fn state_path(&self) -> PathBuf {
         self.dir.join("state.json")
+    }
+
+    /// The inventory file (what is where, for `knit trace`).
+    pub fn inventory_path(&self) -> PathBuf {
+        self.dir.join(knit_trace::inventory::FILE_NAME)
     }
 
     /// The container ID a pod's attachments use.

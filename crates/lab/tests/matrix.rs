@@ -171,11 +171,25 @@ fn up_exec_status_down() {
     assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("exists"));
     assert!(Path::new(&format!("/run/knit/lab/{name}/state.json")).exists());
 
+    // trace and doctor read the lab through its inventory.
+    let tr = knit(&["trace", "--lab", &name, "web-a", "web-b", "--json"]);
+    assert!(
+        tr.status.success(),
+        "trace: {}{}",
+        String::from_utf8_lossy(&tr.stdout),
+        String::from_utf8_lossy(&tr.stderr)
+    );
+    let tr: Value = serde_json::from_slice(&tr.stdout).unwrap();
+    assert_eq!(tr["forward"]["delivered_to"], "web-b", "{tr}");
+    let doc = knit(&["doctor", "--lab", &name]);
+    assert!(doc.status.success(), "doctor: {}", String::from_utf8_lossy(&doc.stdout));
+
     let down = knit(&["lab", "down", "--name", &name]);
     assert!(down.status.success(), "down: {}", String::from_utf8_lossy(&down.stderr));
     assert_gone(&name);
-    // Idempotent.
-    assert!(knit(&["lab", "down", "--name", &name]).status.success());
+    // Gone: a second down says there is no such lab.
+    let again = knit(&["lab", "down", "--name", &name]);
+    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains(&format!("no lab {name}")));
     drop(cleanup);
 }
 

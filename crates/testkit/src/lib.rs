@@ -4,7 +4,12 @@
 //! - [`bin`]: the workspace's built binaries (`scripts/test.sh` builds them before the tests);
 //! - [`Cni`]: runs a conflist through `knit cni` inside a node namespace, as containerd would;
 //! - [`tcp_echo`]/[`tcp_probe`], [`udp_echo`]/[`udp_probe`], [`ping`]: real packets;
-//! - [`Fabric`]: a switch namespace with a bridge, and node namespaces plugged into it.
+//! - [`Fabric`]: a switch namespace with a bridge, and node namespaces plugged into it;
+//! - [`require`]: skip a test that can't run its real parts, except under `CI=true`, where it fails;
+//! - [`etcd`]: a real etcd inside a test's namespace.
+
+pub mod etcd;
+pub mod require;
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};

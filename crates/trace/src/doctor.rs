@@ -6,6 +6,7 @@ use ipnet::IpNet;
 use knit_host::route::RouteKind;
 use serde::Serialize;
 
+use crate::inventory::PodKind;
 use crate::snapshot::{Port, Role, Snapshot};
 
 /// The coordinator's host-rule table.
@@ -56,8 +57,8 @@ pub fn check(snap: &Snapshot) -> Vec<Problem> {
     let mut out = Vec::new();
     let nodes: Vec<usize> = (0..snap.namespaces.len()).filter(|i| snap.namespaces[*i].role == Role::Node).collect();
     let known_ip = |ip: IpAddr| -> bool {
-        match &snap.lab {
-            Some(l) => l.pods.values().any(|p| p.ips.values().flatten().any(|a| *a == ip)),
+        match &snap.inventory {
+            Some(inv) => inv.is_pod_ip(ip),
             None => snap.namespaces.iter().any(|n| n.role != Role::Node && n.addrs.iter().any(|a| a.net.addr() == ip)),
         }
     };
@@ -75,18 +76,18 @@ pub fn check(snap: &Snapshot) -> Vec<Problem> {
             );
         }
         let ul = underlay_ips(snap, i);
-        let lab_ul: Vec<IpAddr> = snap
-            .lab
+        let listed_ul: Vec<IpAddr> = snap
+            .inventory
             .as_ref()
-            .map(|l| {
-                l.pods
-                    .values()
-                    .filter(|p| p.node == ns.name && p.kind == knit_lab::topology::PodKind::Underlay)
-                    .filter_map(|p| p.ip("eth0"))
+            .map(|inv| {
+                inv.pods
+                    .iter()
+                    .filter(|p| p.node == ns.name && p.kind == PodKind::Underlay)
+                    .filter_map(|p| p.primary_ip())
                     .collect()
             })
             .unwrap_or_default();
-        let has_underlay = !ul.is_empty() || !lab_ul.is_empty();
+        let has_underlay = !ul.is_empty() || !listed_ul.is_empty();
         let rule_ok = ns.rules.iter().any(|r| r.priority == Some(HOST_RULE_PRIORITY) && r.table == HOST_TABLE);
         if has_underlay && !rule_ok {
             add(
@@ -135,7 +136,7 @@ pub fn check(snap: &Snapshot) -> Vec<Problem> {
         if let Some(rule) = invalid_drop_rule(snap, i) {
             if ns.tcp_be_liberal != Some(true) {
                 let mut missing = Vec::new();
-                for ip in ul.iter().map(|x| x.0).chain(lab_ul.iter().copied()) {
+                for ip in ul.iter().map(|x| x.0).chain(listed_ul.iter().copied()) {
                     if missing.iter().any(|(m, _)| *m == ip) {
                         continue;
                     }

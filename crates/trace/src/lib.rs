@@ -1,7 +1,9 @@
 //! knit-trace: `knit trace` and `knit doctor`.
 //!
+//! - [`inventory`]: what is where (pods, nodes, clients, Services and their namespaces), as the
+//!   lab or a real node describes it;
 //! - [`snapshot`]: reads links, addresses, rules, routes, neighbours, sysctls and iptables
-//!   of a set of namespaces (a lab, or a real node) into plain data;
+//!   of a set of namespaces (an inventory's, or a real node's) into plain data;
 //! - [`fib`]: the kernel's route lookup on that data (checked against `RTM_GETROUTE`);
 //! - [`netfilter`]: iptables-save text and an evaluator for kube-proxy's and the coordinator's rules;
 //! - [`nftables`]: native nf_tables tables (the coordinator's) shown to the evaluator as iptables rules;
@@ -11,6 +13,7 @@
 
 pub mod doctor;
 pub mod fib;
+pub mod inventory;
 pub mod netfilter;
 pub mod nftables;
 pub mod path;
@@ -19,6 +22,7 @@ pub mod snapshot;
 
 use std::net::IpAddr;
 
+pub use inventory::Inventory;
 pub use path::{trace, Proto, Request, Trace};
 pub use snapshot::{NsSnap, Snapshot};
 
@@ -53,10 +57,11 @@ pub fn resolve_source(snap: &Snapshot, s: &str) -> Result<(usize, Option<IpAddr>
     Ok((i, Some(ip)))
 }
 
-/// A destination: `pod`, `pod:port`, `ip`, `ip:port`, `svc/NAME` (a lab Service's ClusterIP).
-/// Returns the address and port (the lab's echo port, else 80, when none is given).
+/// A destination: `pod`, `pod:port`, `ip`, `ip:port`, `svc/NAME` (an inventory Service's
+/// ClusterIP). Returns the address and port (the inventory's default port, else 80, when none
+/// is given).
 pub fn resolve_destination(snap: &Snapshot, s: &str) -> Result<(IpAddr, u16)> {
-    let default_port = snap.lab.as_ref().map(|l| l.topology.echo_port).unwrap_or(80);
+    let default_port = snap.inventory.as_ref().and_then(|i| i.default_port).unwrap_or(80);
     if let Ok(sa) = s.parse::<std::net::SocketAddr>() {
         return Ok((sa.ip(), sa.port()));
     }
@@ -70,16 +75,16 @@ pub fn resolve_destination(snap: &Snapshot, s: &str) -> Result<(IpAddr, u16)> {
     if let Ok(ip) = name.parse::<IpAddr>() {
         return Ok((ip, port.unwrap_or(default_port)));
     }
-    if let Some(lab) = &snap.lab {
-        if let Some(svc) = name.strip_prefix("svc/").and_then(|n| lab.topology.services.iter().find(|x| x.name == n)) {
+    if let Some(inv) = &snap.inventory {
+        if let Some(svc) = name.strip_prefix("svc/").and_then(|n| inv.service(n)) {
             return Ok((svc.cluster_ip, port.unwrap_or(svc.port)));
         }
-        if let Some(pod) = lab.pods.get(name) {
+        if let Some(pod) = inv.pod(name) {
             let ip = pod.primary_ip().ok_or_else(|| Error::Other(format!("pod {name} has no eth0 address")))?;
             return Ok((ip, port.unwrap_or(default_port)));
         }
-        if let Some(n) = lab.topology.node(name) {
-            return Ok((n.ip.addr(), port.unwrap_or(default_port)));
+        if let Some(n) = inv.node(name) {
+            return Ok((n.ip, port.unwrap_or(default_port)));
         }
     }
     if let Some(i) = snap.ns_index(name) {

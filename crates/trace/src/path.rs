@@ -18,8 +18,40 @@ use crate::snapshot::{Port, Snapshot};
 /// Most hops a path may have before it is called a loop.
 pub const MAX_HOPS: usize = 24;
 
-/// L4 protocol: the matrix's, so a cell's protocol is a trace's.
-pub use knit_lab::matrix::Proto;
+/// L4 protocol of a trace (and of a lab matrix cell, which uses this type).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    /// TCP connect + echo.
+    Tcp,
+    /// UDP echo.
+    Udp,
+    /// ICMP echo (ping).
+    Icmp,
+}
+
+impl Proto {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+            Proto::Icmp => "icmp",
+        }
+    }
+}
+
+impl std::str::FromStr for Proto {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Proto, String> {
+        match s {
+            "tcp" => Ok(Proto::Tcp),
+            "udp" => Ok(Proto::Udp),
+            "icmp" => Ok(Proto::Icmp),
+            o => Err(format!("unknown protocol {o:?} (tcp, udp or icmp)")),
+        }
+    }
+}
 
 /// What to trace.
 #[derive(Debug, Clone)]

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::path::Path;
 
 use ipnet::IpNet;
 use knit_host::addr::Address;
@@ -15,10 +14,11 @@ use knit_host::rule::Rule;
 use knit_host::{addr, firewall, link, neigh, nft, route, rule, sysctl, Family, Handle, Netns};
 use serde::{Deserialize, Serialize};
 
+use crate::inventory::Inventory;
 use crate::netfilter::Tables;
 use crate::{Error, Result};
 
-/// What a namespace is, when known (from a lab's state).
+/// What a namespace is, when known (from an inventory).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", tag = "kind")]
 pub enum Role {
@@ -61,7 +61,8 @@ pub struct IfConf {
 pub struct NsSnap {
     /// Display name (`node1`, `overlay1`, `host`, or the /run/netns name).
     pub name: String,
-    /// The namespace's name under /run/netns (empty for the host namespace).
+    /// Where the namespace is: its name under /run/netns, a namespace file's path, or empty
+    /// for the host namespace.
     pub netns: String,
     /// What it is.
     pub role: Role,
@@ -187,14 +188,18 @@ pub fn default_rules() -> Vec<Rule> {
     ]
 }
 
-/// A set of namespaces and the lab they belong to (if any).
+/// A set of namespaces and, when known, what lives in them.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Snapshot {
     /// The namespaces.
     pub namespaces: Vec<NsSnap>,
-    /// The lab's state, when the snapshot is of a lab.
+    /// What is where (pods, nodes, Services), when the snapshot was read from an inventory.
     #[serde(skip)]
-    pub lab: Option<knit_lab::state::LabState>,
+    pub inventory: Option<Inventory>,
+    /// What the reader had to work around (e.g. the host namespace it could not open), for
+    /// the user's stderr.
+    #[serde(skip)]
+    pub notes: Vec<String>,
 }
 
 /// A (namespace, interface) position.
@@ -265,7 +270,7 @@ pub struct Source {
     pub name: String,
     /// Role.
     pub role: Role,
-    /// /run/netns name (empty = host).
+    /// /run/netns name or namespace file path (empty = host).
     pub netns_name: String,
     /// The open namespace.
     pub ns: Netns,
@@ -412,108 +417,92 @@ pub fn read(sources: &[Source]) -> Result<Snapshot> {
             .collect()
     });
     conf_results.into_iter().collect::<Result<Vec<()>>>()?;
-    let mut snap = Snapshot { namespaces, lab: None };
+    let mut snap = Snapshot { namespaces, inventory: None, notes: Vec::new() };
     snap.prepare();
     Ok(snap)
 }
 
-/// Above this many pods, a trace reads only the pods it can visit (see [`read_lab_for`]).
+/// Above this many pods, a trace reads only the pods it can visit (see [`read_inventory`]).
 pub const ALL_PODS_UP_TO: usize = 64;
 
-/// The pods a trace from `src` to `dst` can reach: the source and destination pods (by name
-/// or address) and every Service endpoint (a ClusterIP or NodePort leads to one of them).
-pub fn pods_for(state: &knit_lab::state::LabState, src: &str, dst: &str) -> std::collections::BTreeSet<String> {
-    let mut out = std::collections::BTreeSet::new();
-    for spec in [src, dst] {
-        let host = spec.strip_prefix("svc/").unwrap_or(spec);
-        // `pod:port`, `ip:port`, `[v6]:port`
-        let host = match host.rsplit_once(':') {
-            Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) && !h.contains(':') => h,
-            _ => host,
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if state.pods.contains_key(host) {
-            out.insert(host.to_string());
-        } else if let Ok(ip) = host.parse::<IpAddr>() {
-            out.extend(
-                state.pods.values().filter(|p| p.ips.values().flatten().any(|a| *a == ip)).map(|p| p.name.clone()),
-            );
+/// PID 1's namespace file: the host's namespace, unless a container hides it.
+const HOST_NETNS: &str = "/proc/1/ns/net";
+
+/// The host's namespace: PID 1's, or, where `/proc/1/ns/net` cannot be opened (a container
+/// without access to PID 1, a sandbox), this process's own, with a note saying so.
+pub fn host_netns() -> Result<(Netns, Option<String>)> {
+    match Netns::open(HOST_NETNS) {
+        Ok(ns) => Ok((ns, None)),
+        Err(e) => {
+            let ns = Netns::open("/proc/self/ns/net").map_err(host_err("open this process's namespace".into()))?;
+            Ok((ns, Some(format!("{e}; using this process's namespace as the host namespace"))))
         }
     }
-    for svc in &state.topology.services {
-        out.extend(
-            knit_lab::Lab::service_endpoints(state, svc)
-                .into_iter()
-                .filter_map(|(ip, _)| state.pods.values().find(|p| p.primary_ip() == Some(ip)).map(|p| p.name.clone())),
-        );
+}
+
+/// Opens an inventory's namespace: empty = the host's, an absolute path = that file, anything
+/// else = a name under /run/netns.
+fn open_place(name: &str, netns: &str, notes: &mut Vec<String>) -> Result<(Netns, String)> {
+    if netns.is_empty() {
+        let (ns, note) = host_netns()?;
+        notes.extend(note);
+        return Ok((ns, String::new()));
     }
-    out
+    let ns = if netns.starts_with('/') { Netns::open(netns) } else { Netns::open_named(netns) }
+        .map_err(host_err(format!("{name}: open namespace {netns}")))?;
+    Ok((ns, netns.to_string()))
 }
 
-/// Snapshot of a running lab for one trace: the fabric, nodes and clients, and the pods
-/// [`pods_for`] names (every pod when there are at most [`ALL_PODS_UP_TO`]), so a trace on a
-/// node with a thousand pods reads a dozen namespaces, not a thousand.
-pub fn read_lab_for(name: &str, run_dir: &Path, src: &str, dst: &str) -> Result<Snapshot> {
-    let (sources, st) = lab_sources(name, run_dir, Some((src, dst)))?;
-    let mut snap = read(&sources)?;
-    snap.lab = Some(st);
-    Ok(snap)
-}
-
-/// The namespaces of a running lab, named by their part (`node1`, `overlay1`, `fabric`); with
-/// `trace = Some((src, dst))`, only the pods [`read_lab_for`] keeps.
-pub fn lab_sources(
-    name: &str,
-    run_dir: &Path,
-    trace: Option<(&str, &str)>,
-) -> Result<(Vec<Source>, knit_lab::state::LabState)> {
-    let lab = knit_lab::Lab::open(name, run_dir).map_err(|e| Error::Other(format!("open lab {name}: {e}")))?;
-    let st = lab.state.clone();
+/// The namespaces an inventory names, in the order fabric, nodes, clients, pods (the first
+/// namespace holding an address owns it). With `trace = Some((src, dst))` and more than
+/// [`ALL_PODS_UP_TO`] pods, only the pods [`Inventory::pods_for`] names: a trace on a node with
+/// a thousand pods reads a dozen namespaces, not a thousand.
+pub fn inventory_sources(inv: &Inventory, trace: Option<(&str, &str)>, notes: &mut Vec<String>) -> Result<Vec<Source>> {
     let keep = match trace {
-        Some((src, dst)) if st.pods.len() > ALL_PODS_UP_TO => Some(pods_for(&st, src, dst)),
+        Some((src, dst)) if inv.pods.len() > ALL_PODS_UP_TO => Some(inv.pods_for(src, dst)),
         _ => None,
     };
-    let topo = &lab.plan.topo;
-    let mut parts: Vec<(String, Role)> = vec![(knit_lab::topology::FABRIC_NAME.to_string(), Role::Fabric)];
-    parts.extend(topo.nodes.iter().map(|n| (n.name.clone(), Role::Node)));
-    parts.extend(topo.clients.iter().map(|c| (c.name.clone(), Role::Client)));
+    let mut parts: Vec<(&str, &str, Role)> = Vec::new();
+    parts.extend(inv.fabric.iter().map(|f| (f.name.as_str(), f.netns.as_str(), Role::Fabric)));
+    parts.extend(inv.nodes.iter().map(|n| (n.name.as_str(), n.netns.as_str(), Role::Node)));
+    parts.extend(inv.clients.iter().map(|c| (c.name.as_str(), c.netns.as_str(), Role::Client)));
     parts.extend(
-        topo.pods
+        inv.pods
             .iter()
             .filter(|p| keep.as_ref().is_none_or(|k| k.contains(&p.name)))
-            .map(|p| (p.name.clone(), Role::Pod { node: p.node.clone() })),
+            .map(|p| (p.name.as_str(), p.netns.as_str(), Role::Pod { node: p.node.clone() })),
     );
     let mut out = Vec::new();
-    for (part, role) in parts {
-        let ns = lab.netns(&part).map_err(|e| Error::Other(e.to_string()))?;
-        let ns = ns.try_clone().map_err(host_err(format!("{part}: open namespace")))?;
-        out.push(Source { name: part.clone(), role, netns_name: lab.plan.ns(&part), ns });
+    for (name, netns, role) in parts {
+        let (ns, netns_name) = open_place(name, netns, notes)?;
+        out.push(Source { name: name.to_string(), role, netns_name, ns });
     }
-    Ok((out, st))
+    Ok(out)
 }
 
-/// Snapshot of a running lab.
-pub fn read_lab(name: &str, run_dir: &Path) -> Result<Snapshot> {
-    let (sources, st) = lab_sources(name, run_dir, None)?;
+/// Snapshot of the namespaces an inventory names (all of them, or, with `trace`, those a
+/// trace between the two can visit: see [`inventory_sources`]).
+pub fn read_inventory(inv: &Inventory, trace: Option<(&str, &str)>) -> Result<Snapshot> {
+    let mut notes = Vec::new();
+    let sources = inventory_sources(inv, trace, &mut notes)?;
     let mut snap = read(&sources)?;
-    snap.lab = Some(st);
+    snap.inventory = Some(inv.clone());
+    snap.notes = notes;
     Ok(snap)
 }
 
 /// Snapshot of this machine: the host namespace (as `host`) and every namespace under /run/netns.
 pub fn read_node() -> Result<Snapshot> {
-    let mut sources = vec![Source {
-        name: "host".into(),
-        role: Role::Node,
-        netns_name: String::new(),
-        ns: Netns::open("/proc/1/ns/net").map_err(host_err("open the host namespace".into()))?,
-    }];
+    let (host, note) = host_netns()?;
+    let mut sources = vec![Source { name: "host".into(), role: Role::Node, netns_name: String::new(), ns: host }];
     for n in Netns::list_named().map_err(host_err("list /run/netns".into()))? {
         if let Ok(ns) = Netns::open_named(&n) {
             sources.push(Source { name: n.clone(), role: Role::Pod { node: "host".into() }, netns_name: n, ns });
         }
     }
-    read(&sources)
+    let mut snap = read(&sources)?;
+    snap.notes.extend(note);
+    Ok(snap)
 }
 
 /// Parses `a.b.c.d[/len]`.

@@ -1,8 +1,9 @@
 //! knit-trace against a real lab: the model's routing equals the kernel's (`RTM_GETROUTE`), its
-//! verdicts equal the matrix probes, and the seeds' walkthroughs print their hops.
+//! verdicts equal the matrix probes, and the seeds' walkthroughs print their hops. trace reads
+//! the lab through the inventory the lab writes, as `knit trace --lab` does.
 //!
-//! Each test builds its own lab with `knit lab up --name <unique>` and removes it with
-//! `knit lab down`, even on panic.
+//! Each test builds its own lab with `knit-lab lab up --name <unique>` and removes it with
+//! `knit-lab lab down`, even on panic.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -25,7 +26,7 @@ impl LabGuard {
         let g = LabGuard(name.clone());
         let mut args = vec!["lab", "up", "--name", &name];
         args.extend_from_slice(extra);
-        let out = Command::new(bin("knit")).args(&args).output().expect("run knit lab up");
+        let out = Command::new(bin("knit-lab")).args(&args).output().expect("run knit-lab lab up");
         assert!(out.status.success(), "knit lab up: {}", String::from_utf8_lossy(&out.stderr));
         g
     }
@@ -33,12 +34,13 @@ impl LabGuard {
 
 impl Drop for LabGuard {
     fn drop(&mut self) {
-        let _ = Command::new(bin("knit")).args(["lab", "down", "--name", &self.0]).output();
+        let _ = Command::new(bin("knit-lab")).args(["lab", "down", "--name", &self.0]).output();
     }
 }
 
 fn snap(name: &str) -> Snapshot {
-    snapshot::read_lab(name, Path::new(DEFAULT_RUN_DIR)).expect("snapshot")
+    let inv = knit_trace::inventory::load_lab(Path::new(DEFAULT_RUN_DIR), name).expect("inventory");
+    snapshot::read_inventory(&inv, None).expect("snapshot")
 }
 
 /// xorshift64*: enough randomness for query generation, reproducible from the seed.
@@ -74,7 +76,7 @@ fn kernel_agreement(name: &str, s: &Snapshot) {
         s.namespaces.iter().map(|n| Handle::in_netns(lab.netns(&n.name).expect("netns")).expect("handle")).collect();
     let mut pool: Vec<IpAddr> =
         s.namespaces.iter().flat_map(|n| n.addrs.iter().map(|a| a.net.addr())).filter(|a| !a.is_loopback()).collect();
-    for svc in &s.lab.as_ref().expect("lab state").topology.services {
+    for svc in &s.inventory.as_ref().expect("inventory").services {
         pool.push(svc.cluster_ip);
     }
     for extra in [
@@ -173,7 +175,7 @@ fn kernel_agreement(name: &str, s: &Snapshot) {
 fn predict(s: &Snapshot, job: &Job) -> (bool, Vec<Trace>) {
     let src_ns = s.ns_index(&job.source).expect("source namespace");
     let proto = job.proto;
-    let lab = s.lab.as_ref().expect("lab state");
+    let inv = s.inventory.as_ref().expect("inventory");
     let req = |endpoint: Option<IpAddr>| Request {
         src_ns,
         src_ip: None,
@@ -192,7 +194,7 @@ fn predict(s: &Snapshot, job: &Job) -> (bool, Vec<Trace>) {
             let mut traces = Vec::new();
             let mut ok = false;
             for p in set {
-                let ep = lab.pods.get(p).and_then(|x| x.primary_ip());
+                let ep = inv.pod(p).and_then(|x| x.primary_ip());
                 let t = knit_trace::trace(s, &req(ep));
                 ok |= t.delivered && t.forward.delivered_to.as_deref() == Some(p.as_str());
                 traces.push(t);
@@ -268,10 +270,10 @@ fn seed_walkthroughs(s: &Snapshot) {
     assert_eq!(nss, ["overlay1", "node1", "node3", "overlay3"], "{text}");
     assert!(t.delivered, "{text}");
     // External → NodePort of a multi-NIC pod: fabric ToR, node1's KUBE-NODEPORTS DNAT + MASQUERADE.
-    let lab = s.lab.as_ref().expect("lab");
-    let svc = lab.topology.services.iter().find(|x| x.name == "multinic").expect("multinic service");
-    let node1 = lab.topology.node("node1").expect("node1").ip.addr();
-    let remote = lab.pods.get("multinic2").and_then(|p| p.primary_ip());
+    let inv = s.inventory.as_ref().expect("inventory");
+    let svc = inv.service("multinic").expect("multinic service");
+    let node1 = inv.node("node1").expect("node1").ip;
+    let remote = inv.pod("multinic2").and_then(|p| p.primary_ip());
     let (src_ns, _) = knit_trace::resolve_source(s, "extclient").expect("extclient");
     let t = knit_trace::trace(
         s,

@@ -1,4 +1,5 @@
-//! `knit lab …`: a multi-node cluster in network namespaces, and its connectivity matrix.
+//! `knit-lab lab …` (and `knit lab …`, which runs it): a multi-node cluster in network
+//! namespaces, and its connectivity matrix.
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -185,6 +186,31 @@ fn cni_path() -> Vec<PathBuf> {
     knit_bench::PluginDirs::discover().dirs
 }
 
+/// The node binary `knit` (cluster mode runs `knit node run` on every node): next to this
+/// executable, as the build puts them, else the one on PATH.
+fn knit_exe() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join("knit")))
+        .filter(|p| p.exists())
+        .or_else(|| knit_lab::build::preflight::find_program("knit"))
+        .unwrap_or_else(|| PathBuf::from("knit"))
+}
+
+/// This executable (`knit-lab`), which pods run as their echo server (`knit-lab lab serve`).
+fn own_exe() -> Result<PathBuf, LabError> {
+    std::env::current_exe().map_err(|e| LabError::Invalid(format!("own executable: {e}")))
+}
+
+/// Fails with "no lab X (labs here: …)" unless lab `name` has a directory or a namespace.
+fn must_exist(name: &str, run_dir: &Path) -> Result<(), LabError> {
+    knit_lab::plan::validate_name(name)?;
+    if run_dir.join(name).is_dir() || !knit_lab::build::existing_namespaces(name)?.is_empty() {
+        return Ok(());
+    }
+    Err(LabError::NoLab { name: name.to_string(), here: knit_lab::build::list(run_dir)? })
+}
+
 /// After Ctrl-C, the build or the probes fail as the lab vanishes under them; the watcher
 /// thread is removing the lab and exits with 130, so don't exit first with another code.
 fn wait_if_interrupted(code: ExitCode) -> ExitCode {
@@ -229,13 +255,13 @@ fn options(build: &BuildArgs, name: &str, serve: Serve) -> Options {
             DatastoreArg::Local => knit_lab::Datastore::Local,
             DatastoreArg::Etcd => knit_lab::Datastore::Etcd,
         },
-        knit_exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("knit")),
+        knit_exe: knit_exe(),
     }
 }
 
 fn up(build: &BuildArgs, name: &str) -> Result<(), LabError> {
     let topo = load_topology(build.topology.as_deref())?;
-    let exe = std::env::current_exe().map_err(|e| LabError::Invalid(format!("own executable: {e}")))?;
+    let exe = own_exe()?;
     knit_lab::plan::validate_name(name)?;
     remove_on_interrupt(name.to_string(), build.run_dir.clone());
     let t0 = Instant::now();
@@ -251,6 +277,7 @@ fn up(build: &BuildArgs, name: &str) -> Result<(), LabError> {
 }
 
 fn down(name: &str, run_dir: &Path) -> Result<(), LabError> {
+    must_exist(name, run_dir)?;
     let r = knit_lab::down(name, run_dir)?;
     eprintln!("knit lab: removed {name}: {} namespaces, {} processes", r.namespaces.len(), r.processes.len());
     Ok(())
@@ -292,7 +319,10 @@ fn exec(name: &str, run_dir: &Path, target: &str, cmd: &[String]) -> ExitCode {
 
 fn status(name: Option<&str>, run_dir: &Path) -> Result<(), LabError> {
     let names = match name {
-        Some(n) => vec![n.to_string()],
+        Some(n) => {
+            must_exist(n, run_dir)?;
+            vec![n.to_string()]
+        }
         None => knit_lab::build::list(run_dir)?,
     };
     if names.is_empty() {
@@ -476,10 +506,10 @@ fn parse_pod(spec: &str, node: &str) -> Result<knit_lab::topology::Pod, LabError
 fn add_node(name: &str, run_dir: &Path, node: &str, ip: ipnet::IpNet, pods: &[String]) -> Result<(), LabError> {
     let mut lab = Lab::open(name, run_dir)?;
     let pods = pods.iter().map(|p| parse_pod(p, node)).collect::<Result<Vec<_>, _>>()?;
-    let exe = std::env::current_exe().map_err(|e| LabError::Invalid(format!("own executable: {e}")))?;
     let t0 = Instant::now();
     let n = pods.len();
-    lab.add_node(knit_lab::topology::Node { name: node.to_string(), ip }, pods, &exe, &cni_path())?;
+    let exes = knit_lab::membership::Executables { knit: knit_exe(), serve: own_exe()? };
+    lab.add_node(knit_lab::topology::Node { name: node.to_string(), ip }, pods, &exes, &cni_path())?;
     eprintln!(
         "knit lab: {node} joined {name} with {n} pods; every node and the ToR route to it ({:.1}s)",
         t0.elapsed().as_secs_f64()
